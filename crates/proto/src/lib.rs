@@ -4,3 +4,8 @@
 //! out. The gateway (server) and the client crate drive these pieces from their own I/O.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::indexing_slicing))]
+
+pub mod connect;
+pub mod cstp;
+pub mod http;
+pub mod mtu;
