@@ -5,7 +5,9 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::indexing_slicing))]
 
+pub mod auth_xml;
 pub mod connect;
 pub mod cstp;
 pub mod http;
 pub mod mtu;
+pub mod timers;
