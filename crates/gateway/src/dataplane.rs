@@ -1,0 +1,281 @@
+//! The packet path between the TUN device and the sessions.
+//!
+//! Downstream (network to client): one task reads the TUN in batches (with offload on, one read
+//! returns a GSO super-packet that tun-rs splits into MTU-sized segments), finds each packet's
+//! session in the lock-free [`SessionTable`], and queues a ready CSTP frame on that session's bounded
+//! queue. The frame is built once, header included, in a shared arena chunk, so the session's writer
+//! hands it to TLS as is. A full queue drops that client's packet and nobody else's.
+//!
+//! Upstream (client to network): sessions hand checked IP packets to one bounded channel; one task
+//! drains it in batches and writes them with `send_multiple`, which coalesces TCP/UDP flows (GRO)
+//! into few TUN writes when offload is on.
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+use tun_rs::{AsyncDevice, DeviceBuilder, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+use tunnel_proto::cstp;
+
+use crate::metrics::{DropReason, Metrics};
+use crate::packet;
+use crate::table::SessionTable;
+
+/// How the TUN device is set up.
+#[derive(Debug, Clone)]
+pub struct TunParams {
+    /// Interface name.
+    pub name: String,
+    /// The gateway's IPv4 address on the TUN and the pool's prefix length.
+    pub v4: (Ipv4Addr, u8),
+    /// The gateway's IPv6 address and prefix length, when the pool has IPv6.
+    pub v6: Option<(Ipv6Addr, u8)>,
+    /// Interface MTU (the tunnel MTU).
+    pub mtu: u16,
+    /// Try GSO/GRO offload (falls back to plain I/O if the kernel refuses).
+    pub offload: bool,
+}
+
+/// An open TUN device and whether offload is on.
+#[derive(Clone)]
+pub struct Tun {
+    /// The device.
+    pub dev: Arc<AsyncDevice>,
+    /// True when GSO/GRO offload is active.
+    pub offload: bool,
+}
+
+impl std::fmt::Debug for Tun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tun")
+            .field("offload", &self.offload)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Creates and brings up the TUN device.
+pub fn open_tun(p: &TunParams) -> io::Result<Tun> {
+    let build = |offload: bool| {
+        let mut b = DeviceBuilder::new()
+            .name(p.name.clone())
+            .mtu(p.mtu)
+            .ipv4(p.v4.0, p.v4.1, None)
+            .tx_queue_len(4096)
+            .offload(offload)
+            .enable(true);
+        if let Some((a, len)) = p.v6 {
+            b = b.ipv6(a, len);
+        }
+        b.build_async()
+    };
+    if p.offload {
+        match build(true) {
+            Ok(dev) => {
+                return Ok(Tun {
+                    dev: Arc::new(dev),
+                    offload: true,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, tun = %p.name, "TUN offload unavailable; using plain I/O")
+            }
+        }
+    }
+    Ok(Tun {
+        dev: Arc::new(build(false)?),
+        offload: false,
+    })
+}
+
+/// Bytes per arena chunk that downstream frames are carved from (about 40 full-size frames).
+const ARENA_CHUNK: usize = 64 * 1024;
+
+/// Builds CSTP DATA frames in shared chunks: one allocation per chunk, not per packet.
+#[derive(Debug, Default)]
+struct FrameArena {
+    buf: BytesMut,
+}
+
+impl FrameArena {
+    fn frame(&mut self, pkt: &[u8]) -> Option<Bytes> {
+        let mut hdr = [0u8; cstp::HEADER_LEN];
+        cstp::write_header(cstp::FrameType::Data, pkt.len(), &mut hdr).ok()?;
+        let need = cstp::HEADER_LEN + pkt.len();
+        if self.buf.capacity() < need {
+            self.buf = BytesMut::with_capacity(ARENA_CHUNK.max(need));
+        }
+        self.buf.extend_from_slice(&hdr);
+        self.buf.extend_from_slice(pkt);
+        Some(self.buf.split().freeze())
+    }
+}
+
+/// Counts for one batch, flushed to the shared metrics once per batch.
+#[derive(Debug, Default)]
+struct BatchCounts {
+    packets: u64,
+    bytes: u64,
+    no_session: u64,
+    queue_full: u64,
+    malformed: u64,
+}
+
+/// Reads the TUN and queues each packet to its session, until the device fails.
+pub async fn run_downstream(
+    tun: Tun,
+    table: Arc<SessionTable>,
+    metrics: Metrics,
+) -> io::Result<()> {
+    let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + 65535];
+    let mut bufs = vec![vec![0u8; 65535]; IDEAL_BATCH_SIZE];
+    let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
+    let mut arena = FrameArena::default();
+    loop {
+        let n = tun
+            .dev
+            .recv_multiple(&mut original, &mut bufs, &mut sizes, 0)
+            .await;
+        let mut counts = BatchCounts::default();
+        match n {
+            Ok(n) => dispatch(&bufs, &sizes, n, &table, &mut arena, &mut counts),
+            Err(e) if is_fatal(&e) => return Err(e),
+            Err(e) => tracing::debug!(error = %e, "TUN read error"),
+        }
+        // Drain what is already queued in the kernel without another wakeup, a bounded number of times
+        // so the task yields to the runtime.
+        for _ in 0..64 {
+            match tun
+                .dev
+                .try_recv_multiple(&mut original, &mut bufs, &mut sizes, 0)
+            {
+                Ok(n) => dispatch(&bufs, &sizes, n, &table, &mut arena, &mut counts),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if is_fatal(&e) => return Err(e),
+                Err(e) => tracing::debug!(error = %e, "TUN read error"),
+            }
+        }
+        metrics.add_down(counts.packets, counts.bytes);
+        for (reason, n) in [
+            (DropReason::NoSession, counts.no_session),
+            (DropReason::QueueFull, counts.queue_full),
+            (DropReason::Malformed, counts.malformed),
+        ] {
+            metrics.drop_packets(reason, n);
+        }
+    }
+}
+
+fn is_fatal(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EBADFD) | Some(libc::EBADF) | Some(libc::ENODEV)
+    )
+}
+
+fn dispatch(
+    bufs: &[Vec<u8>],
+    sizes: &[usize],
+    n: usize,
+    table: &SessionTable,
+    arena: &mut FrameArena,
+    counts: &mut BatchCounts,
+) {
+    for (buf, &len) in bufs.iter().zip(sizes).take(n) {
+        let Some(pkt) = buf.get(..len) else { continue };
+        let Some(dst) = packet::destination(pkt) else {
+            counts.malformed += 1;
+            continue;
+        };
+        let Some(route) = table.lookup(dst) else {
+            counts.no_session += 1;
+            continue;
+        };
+        let Some(frame) = arena.frame(pkt) else {
+            counts.malformed += 1;
+            continue;
+        };
+        match route.tx.try_send(frame) {
+            Ok(()) => {
+                route.stats.add_down(len);
+                counts.packets += 1;
+                counts.bytes += len as u64;
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                route
+                    .stats
+                    .dropped_queue_full
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                counts.queue_full += 1;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => counts.no_session += 1,
+        }
+    }
+}
+
+/// Writes upstream packets to the TUN in batches until every sender is gone.
+pub async fn run_upstream(
+    tun: Tun,
+    mut rx: mpsc::Receiver<Bytes>,
+    metrics: Metrics,
+) -> io::Result<()> {
+    // send_multiple needs room before each packet for the virtio header and, to merge segments,
+    // capacity for a whole 64 KiB super-packet plus two headers.
+    const OFFSET: usize = VIRTIO_NET_HDR_LEN;
+    let mut bufs: Vec<BytesMut> = (0..IDEAL_BATCH_SIZE)
+        .map(|_| BytesMut::with_capacity(2 * OFFSET + 65535))
+        .collect();
+    let mut gro = GROTable::default();
+    let mut batch: Vec<Bytes> = Vec::with_capacity(IDEAL_BATCH_SIZE);
+    loop {
+        batch.clear();
+        if rx.recv_many(&mut batch, IDEAL_BATCH_SIZE).await == 0 {
+            return Ok(());
+        }
+        let mut bytes = 0u64;
+        for (buf, pkt) in bufs.iter_mut().zip(&batch) {
+            buf.clear();
+            buf.resize(OFFSET, 0);
+            buf.extend_from_slice(pkt);
+            bytes += pkt.len() as u64;
+        }
+        let n = batch.len();
+        let Some(out) = bufs.get_mut(..n) else {
+            continue;
+        };
+        if let Err(e) = tun.dev.send_multiple(&mut gro, out, OFFSET).await {
+            if is_fatal(&e) {
+                return Err(e);
+            }
+            tracing::debug!(error = %e, "TUN write error");
+        }
+        metrics.add_up(n as u64, bytes);
+        // Buffers that GRO grew past their usual size are given back to keep memory flat.
+        for buf in bufs.iter_mut() {
+            if buf.capacity() > 4 * (2 * OFFSET + 65535) {
+                *buf = BytesMut::with_capacity(2 * OFFSET + 65535);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arena_frames_carry_a_cstp_header_and_share_chunks() {
+        let mut arena = FrameArena::default();
+        let a = arena.frame(&[0x45; 100]).unwrap();
+        let b = arena.frame(&[0x45; 1400]).unwrap();
+        assert_eq!(a.len(), 108);
+        assert_eq!(b.len(), 1408);
+        let (kind, payload, used) = cstp::decode(&b, 1500).unwrap().unwrap();
+        assert_eq!(kind, cstp::FrameType::Data);
+        assert_eq!(payload.len(), 1400);
+        assert_eq!(used, 1408);
+        // Same chunk: b starts right after a.
+        assert_eq!(a.as_ptr().wrapping_add(a.len()), b.as_ptr());
+    }
+}

@@ -1,0 +1,257 @@
+//! Prometheus metrics: the gateway's counters, in one registry per running server.
+//!
+//! Labels are bounded (direction, reason, transport); there is never a per-user or per-address label.
+//! The hot path touches only pre-resolved counter handles (no label lookup per packet).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Why a packet was dropped. Used as the `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// Upstream packet whose source is not the session's tunnel address.
+    SpoofedSource,
+    /// Upstream packet that is not a well-formed IPv4/IPv6 packet.
+    Malformed,
+    /// Downstream packet for a client whose queue is full (a slow client).
+    QueueFull,
+    /// Downstream packet for an address with no live session.
+    NoSession,
+}
+
+impl DropReason {
+    const ALL: [Self; 4] = [
+        Self::SpoofedSource,
+        Self::Malformed,
+        Self::QueueFull,
+        Self::NoSession,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SpoofedSource => "spoofed_source",
+            Self::Malformed => "malformed",
+            Self::QueueFull => "queue_full",
+            Self::NoSession => "no_session",
+        }
+    }
+}
+
+/// Every metric the gateway exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Live tunnel connections, by transport (`cstp`; `dtls` once DTLS is up).
+    pub sessions_active: IntGaugeVec,
+    /// Sessions started (a successful first CONNECT).
+    pub sessions_started: IntCounter,
+    /// Sessions ended, by reason.
+    pub sessions_ended: IntCounterVec,
+    /// Authentication successes.
+    pub auth_successes: IntCounter,
+    /// Authentication failures, by reason.
+    pub auth_failures: IntCounterVec,
+    /// Client addresses in the pool.
+    pub pool_size: IntGauge,
+    /// Client addresses leased.
+    pub pool_in_use: IntGauge,
+    /// Packets moved, by direction (`up`: client to network, `down`: network to client).
+    pub packets: IntCounterVec,
+    /// IP bytes moved, by direction.
+    pub bytes: IntCounterVec,
+    /// Packets dropped, by reason.
+    pub drops: IntCounterVec,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_failures: IntCounter,
+    /// Connections closed before authentication for a protocol reason (oversized or slow HTTP, ...).
+    pub http_rejects: IntCounterVec,
+    /// Seconds from TCP accept to the CONNECT reply.
+    pub setup_seconds: Histogram,
+    /// Build information (`version` label), always 1.
+    pub build_info: IntGaugeVec,
+    drop_handles: [IntCounter; 4],
+    up_packets: IntCounter,
+    up_bytes: IntCounter,
+    down_packets: IntCounter,
+    down_bytes: IntCounter,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g =
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric name");
+            g
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)
+                .expect("static metric definition");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric name");
+            c
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("static metric definition");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric name");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("static metric definition");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric name");
+            g
+        };
+        let sessions_active = gauge_vec(
+            "tunneld_sessions_active",
+            "Live tunnel connections.",
+            &["transport"],
+        );
+        let sessions_started = counter("tunneld_sessions_started_total", "Sessions started.");
+        let sessions_ended = counter_vec(
+            "tunneld_sessions_ended_total",
+            "Sessions ended, by reason.",
+            &["reason"],
+        );
+        let auth_successes = counter(
+            "tunneld_auth_successes_total",
+            "Successful authentications.",
+        );
+        let auth_failures = counter_vec(
+            "tunneld_auth_failures_total",
+            "Failed authentications, by reason.",
+            &["reason"],
+        );
+        let pool_size = gauge("tunneld_pool_size", "Client addresses in the pool.");
+        let pool_in_use = gauge("tunneld_pool_addresses_in_use", "Client addresses leased.");
+        let packets = counter_vec(
+            "tunneld_packets_total",
+            "IP packets moved, by direction.",
+            &["direction"],
+        );
+        let bytes = counter_vec(
+            "tunneld_bytes_total",
+            "IP bytes moved, by direction.",
+            &["direction"],
+        );
+        let drops = counter_vec(
+            "tunneld_packets_dropped_total",
+            "Packets dropped, by reason.",
+            &["reason"],
+        );
+        let tls_handshake_failures = counter(
+            "tunneld_tls_handshake_failures_total",
+            "TLS handshakes that failed or timed out.",
+        );
+        let http_rejects = counter_vec(
+            "tunneld_http_rejects_total",
+            "Connections closed before a tunnel for a protocol reason.",
+            &["reason"],
+        );
+        let setup_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "tunneld_session_setup_seconds",
+                "Seconds from TCP accept to the CONNECT reply.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(setup_seconds.clone()))
+            .expect("unique metric name");
+        let build_info = gauge_vec("tunneld_build_info", "Build information.", &["version"]);
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        sessions_active.with_label_values(&["cstp"]).set(0);
+        let drop_handles = DropReason::ALL.map(|r| drops.with_label_values(&[r.as_str()]));
+        let up_packets = packets.with_label_values(&["up"]);
+        let down_packets = packets.with_label_values(&["down"]);
+        let up_bytes = bytes.with_label_values(&["up"]);
+        let down_bytes = bytes.with_label_values(&["down"]);
+        Self {
+            registry,
+            sessions_active,
+            sessions_started,
+            sessions_ended,
+            auth_successes,
+            auth_failures,
+            pool_size,
+            pool_in_use,
+            packets,
+            bytes,
+            drops,
+            tls_handshake_failures,
+            http_rejects,
+            setup_seconds,
+            build_info,
+            drop_handles,
+            up_packets,
+            up_bytes,
+            down_packets,
+            down_bytes,
+        }
+    }
+
+    /// Counts one dropped packet.
+    #[inline]
+    pub fn drop_packet(&self, reason: DropReason) {
+        self.drop_packets(reason, 1);
+    }
+
+    /// Counts `n` dropped packets.
+    #[inline]
+    pub fn drop_packets(&self, reason: DropReason, n: u64) {
+        let i = DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        if let (Some(c), true) = (self.drop_handles.get(i), n > 0) {
+            c.inc_by(n);
+        }
+    }
+
+    /// Counts `n` packets of `bytes` total travelling from clients to the network.
+    #[inline]
+    pub fn add_up(&self, n: u64, bytes: u64) {
+        self.up_packets.inc_by(n);
+        self.up_bytes.inc_by(bytes);
+    }
+
+    /// Counts `n` packets of `bytes` total travelling to clients.
+    #[inline]
+    pub fn add_down(&self, n: u64, bytes: u64) {
+        self.down_packets.inc_by(n);
+        self.down_bytes.inc_by(bytes);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8192);
+        // Encoding into a Vec cannot fail for well-formed metrics.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
