@@ -812,4 +812,58 @@ mod tests {
         assert!(plain.contains("<auth id=\"success\"></auth>"));
         read_back(&plain);
     }
+
+    #[test]
+    fn mutated_bodies_never_panic_and_respect_the_value_limit() {
+        let long_xml = REPLY.replace("testuser", &"u".repeat(1000));
+        let seeds: [&[u8]; 4] = [
+            INIT.as_bytes(),
+            REPLY.as_bytes(),
+            long_xml.as_bytes(),
+            b"username=John+Doe&password=p%21q&group_list=eng",
+        ];
+        for (i, seed) in seeds.iter().enumerate() {
+            for m in crate::testutil::mutations(seed, 10_000, 3 + i as u64) {
+                match parse_client_message(&m) {
+                    Ok(ClientMessage::Init { group }) => {
+                        assert!(group.map_or(0, |g| g.len()) <= MAX_VALUE_LEN);
+                    }
+                    Ok(ClientMessage::Reply {
+                        username,
+                        password,
+                        group,
+                    }) => {
+                        for v in [username, password, group].into_iter().flatten() {
+                            assert!(v.len() <= MAX_VALUE_LEN);
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn escaped_text_reads_back_unchanged() {
+        let mut rng = crate::testutil::Rng::new(11);
+        let alphabet: Vec<char> = "ab<>&\"' \t\n\r\u{1}é€😀;#x".chars().collect();
+        for _ in 0..2000 {
+            let s: String = (0..rng.below(40))
+                .map(|_| alphabet[rng.below(alphabet.len())])
+                .collect();
+            let xml = format!(
+                "<config-auth type=\"auth-reply\"><auth><username>{}</username></auth></config-auth>",
+                xml_escape(&s)
+            );
+            let expected: String = s.chars().filter(|c| *c != '\u{1}').collect();
+            // XML normalises CR and CRLF to LF in text content.
+            let expected = expected.replace("\r\n", "\n").replace('\r', "\n");
+            let got = match parse(&xml).unwrap() {
+                ClientMessage::Reply { username, .. } => username.unwrap(),
+                other => panic!("{other:?}"),
+            };
+            let got = got.replace("\r\n", "\n").replace('\r', "\n");
+            assert_eq!(got, expected, "input {s:?}");
+        }
+    }
 }

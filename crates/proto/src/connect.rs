@@ -644,4 +644,42 @@ X-CSTP-MTU: 1400\r\n\
         let evil = String::from_utf8(error_response(503, "x", Some("a\r\nb"))).unwrap();
         assert!(evil.contains("X-Reason: ab\r\n"));
     }
+
+    #[test]
+    fn mutated_connect_requests_never_panic() {
+        for m in crate::testutil::mutations(CONNECT_RECONNECT.as_bytes(), 20_000, 4) {
+            if let Ok(Some((r, _))) = parse_request(&m, &Limits::default()) {
+                if let Ok(c) = ConnectRequest::from_request(&r) {
+                    assert!(!c.cookie.is_empty());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn arbitrary_config_strings_never_break_the_header_block() {
+        let mut rng = crate::testutil::Rng::new(5);
+        let alphabet: Vec<char> = "a%\r\n\0\t :é\u{7f}\u{85}\u{2028}".chars().collect();
+        let random = |rng: &mut crate::testutil::Rng| -> String {
+            (0..rng.below(20))
+                .map(|_| alphabet[rng.below(alphabet.len())])
+                .collect()
+        };
+        for _ in 0..2000 {
+            let mut r = full_response();
+            r.banner = Some(random(&mut rng));
+            r.default_domain = Some(random(&mut rng));
+            r.server_name = Some(random(&mut rng));
+            r.split_dns = vec![random(&mut rng), random(&mut rng)];
+            let text = String::from_utf8(r.encode()).unwrap();
+            let body = text.strip_suffix("\r\n\r\n").unwrap();
+            for line in body.split("\r\n").skip(1) {
+                assert!(
+                    line.starts_with("X-CSTP-") || line.starts_with("X-DTLS-"),
+                    "{line:?}"
+                );
+                assert!(!line.contains('\r') && !line.contains('\n'), "{line:?}");
+            }
+        }
+    }
 }

@@ -396,4 +396,38 @@ mod tests {
         assert!(is_logout(b"\xB0\xFF\xFE"));
         assert_eq!(disconnect_reason(b"\xB0\xFF\xFE"), None);
     }
+
+    #[test]
+    fn mutated_streams_never_panic_and_consume_sanely() {
+        let mut seed = Vec::new();
+        encode(FrameType::Data, &[0x45; 60], &mut seed).unwrap();
+        encode(FrameType::DpdRequest, b"", &mut seed).unwrap();
+        encode(FrameType::Disconnect, b"\xB0Aborted by caller", &mut seed).unwrap();
+        for m in crate::testutil::mutations(&seed, 20_000, 1) {
+            let mut rest = &m[..];
+            while let Ok(Some((kind, payload, used))) = decode(rest, 1500) {
+                assert!(used >= HEADER_LEN && used <= rest.len());
+                assert_eq!(used, HEADER_LEN + payload.len());
+                let _ = (is_logout(payload), disconnect_reason(payload), kind);
+                rest = &rest[used..];
+            }
+        }
+    }
+
+    #[test]
+    fn encode_decode_round_trip_for_every_type_and_many_lengths() {
+        let mut rng = crate::testutil::Rng::new(7);
+        let kinds = [0u8, 3, 4, 5, 7, 8, 9].map(|b| FrameType::from_u8(b).unwrap());
+        for _ in 0..2000 {
+            let kind = kinds[rng.below(kinds.len())];
+            let len = rng.below(3000);
+            let payload: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+            let mut out = Vec::new();
+            encode(kind, &payload, &mut out).unwrap();
+            assert_eq!(
+                decode(&out, MAX_PAYLOAD).unwrap(),
+                Some((kind, &payload[..], out.len()))
+            );
+        }
+    }
 }

@@ -568,4 +568,27 @@ mod tests {
             "HTTP/1.1 401 BadX-Evil: 1\r\nX-Reason: aSet-Cookie: x=y\r\nContent-Length: 0\r\n\r\n"
         );
     }
+
+    #[test]
+    fn mutated_requests_never_panic() {
+        let mut seed = init_post();
+        seed.extend_from_slice(
+            b"CONNECT /CSCOSSLC/tunnel HTTP/1.1\r\nCookie: webvpn=abc\r\n\r\nSTF\x01\x00\x00\x07\x00",
+        );
+        let limits = Limits {
+            max_header_bytes: 600,
+            max_headers: 16,
+            max_body: 400,
+        };
+        for m in crate::testutil::mutations(&seed, 20_000, 2) {
+            let mut rest = &m[..];
+            while let Ok(Some((req, used))) = parse_request(rest, &limits) {
+                assert!(used > 0 && used <= rest.len());
+                assert!(req.body.len() <= limits.max_body);
+                assert!(req.headers.len() <= limits.max_headers);
+                let _ = (req.cookie("webvpn"), req.wants_close());
+                rest = &rest[used..];
+            }
+        }
+    }
 }

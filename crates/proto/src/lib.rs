@@ -11,3 +11,6 @@ pub mod cstp;
 pub mod http;
 pub mod mtu;
 pub mod timers;
+
+#[cfg(test)]
+mod testutil;
