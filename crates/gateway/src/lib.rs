@@ -2,3 +2,4 @@
 //! listener, TUN data plane, health page and metrics.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::indexing_slicing))]
 pub mod config;
+pub mod tls;
