@@ -27,7 +27,12 @@ pub struct CertFiles {
 }
 
 fn openssl(args: &[&str]) -> Result<()> {
-    process::run(Command::new("openssl").args(args), None, Duration::from_secs(60))?.check()?;
+    process::run(
+        Command::new("openssl").args(args),
+        None,
+        Duration::from_secs(60),
+    )?
+    .check()?;
     Ok(())
 }
 

@@ -65,7 +65,10 @@ pub struct ClientOpts {
 impl ClientOpts {
     /// Password login as `user`.
     pub fn password(user: &str, password: &str) -> Self {
-        Self::with(Credentials::Password { user: user.to_string(), password: password.to_string() })
+        Self::with(Credentials::Password {
+            user: user.to_string(),
+            password: password.to_string(),
+        })
     }
 
     /// Cookie login (`--cookie-on-stdin`).
@@ -236,14 +239,20 @@ impl Client {
         match Self::launch(topo, gw, opts)? {
             Launch::Connected(c) => Ok(c),
             Launch::Exited { code, log } => {
-                bail!("openconnect exited with {code:?} before connecting; its log:\n{}", tail(&log, 40))
+                bail!(
+                    "openconnect exited with {code:?} before connecting; its log:\n{}",
+                    tail(&log, 40)
+                )
             }
         }
     }
 
     /// Starts openconnect and waits until the tunnel is up or the client exits.
     pub fn launch(topo: &Topology, gw: &Gateway, opts: ClientOpts) -> Result<Launch> {
-        let device = opts.device.clone().unwrap_or_else(|| topo.first_device().to_string());
+        let device = opts
+            .device
+            .clone()
+            .unwrap_or_else(|| topo.first_device().to_string());
         let n = NEXT_CLIENT.fetch_add(1, Ordering::Relaxed);
         let dir = topo.subdir(&format!("client{n}-{device}-{}", opts.interface))?;
         let env_dir = dir.join("env");
@@ -251,7 +260,13 @@ impl Client {
         let log_path = dir.join("openconnect.log");
         let input_path = dir.join("stdin");
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", topo.ns(&device)?, "openconnect", "--non-inter"]);
+        cmd.args([
+            "netns",
+            "exec",
+            topo.ns(&device)?,
+            "openconnect",
+            "--non-inter",
+        ]);
         let input = match &opts.credentials {
             Credentials::Password { user, password } => {
                 cmd.args(["--user", user, "--passwd-on-stdin"]);
@@ -264,8 +279,20 @@ impl Client {
         };
         let script = format!("/bin/sh '{}'", record_env_script().display());
         let pin = opts.pin.clone().unwrap_or_else(|| gw.pin().to_string());
-        cmd.args(["--servercert", &pin, "--script", &script, "--interface", &opts.interface]);
-        cmd.args(["-v", "--timestamp", "--reconnect-timeout", &opts.reconnect_timeout.to_string()]);
+        cmd.args([
+            "--servercert",
+            &pin,
+            "--script",
+            &script,
+            "--interface",
+            &opts.interface,
+        ]);
+        cmd.args([
+            "-v",
+            "--timestamp",
+            "--reconnect-timeout",
+            &opts.reconnect_timeout.to_string(),
+        ]);
         if !opts.dtls {
             cmd.arg("--no-dtls");
         }
@@ -288,15 +315,22 @@ impl Client {
             device,
             interface: opts.interface.clone(),
         };
-        let outcome = wait_for(CONNECT_TIMEOUT, "openconnect to connect (script reason=connect) or exit", || {
-            if client.runs()?.iter().any(|r| r.reason == "connect") {
-                return Ok(Some(None));
-            }
-            Ok(client.poll_exit()?.map(Some))
-        });
+        let outcome = wait_for(
+            CONNECT_TIMEOUT,
+            "openconnect to connect (script reason=connect) or exit",
+            || {
+                if client.runs()?.iter().any(|r| r.reason == "connect") {
+                    return Ok(Some(None));
+                }
+                Ok(client.poll_exit()?.map(Some))
+            },
+        );
         match outcome {
             Ok(None) => Ok(Launch::Connected(client)),
-            Ok(Some(code)) => Ok(Launch::Exited { code, log: client.log() }),
+            Ok(Some(code)) => Ok(Launch::Exited {
+                code,
+                log: client.log(),
+            }),
             Err(e) => Err(e.context(format!("openconnect log:\n{}", tail(&client.log(), 40)))),
         }
     }
@@ -321,10 +355,22 @@ impl Client {
 
     /// Waits until the script has run with `reason` at least `count` times; returns the last such run.
     pub fn wait_reason(&self, reason: &str, count: usize, timeout: Duration) -> Result<ScriptRun> {
-        wait_for(timeout, &format!("{count} script run(s) with reason={reason}"), || {
-            let runs: Vec<ScriptRun> = self.runs()?.into_iter().filter(|r| r.reason == reason).collect();
-            Ok(if runs.len() >= count { runs.last().cloned() } else { None })
-        })
+        wait_for(
+            timeout,
+            &format!("{count} script run(s) with reason={reason}"),
+            || {
+                let runs: Vec<ScriptRun> = self
+                    .runs()?
+                    .into_iter()
+                    .filter(|r| r.reason == reason)
+                    .collect();
+                Ok(if runs.len() >= count {
+                    runs.last().cloned()
+                } else {
+                    None
+                })
+            },
+        )
         .with_context(|| format!("openconnect log:\n{}", tail(&self.log(), 40)))
     }
 
@@ -340,7 +386,10 @@ impl Client {
 
     /// Its pid (openconnect itself).
     pub fn pid(&self) -> Result<u32> {
-        self.child.as_ref().map(Child::id).context("openconnect already exited")
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .context("openconnect already exited")
     }
 
     /// Everything it has printed.
@@ -394,7 +443,10 @@ impl Drop for Client {
         if let Some(mut child) = self.child.take() {
             if let Ok(None) = child.try_wait() {
                 let _ = process::signal(child.id(), "INT");
-                if !matches!(process::wait_timeout(&mut child, Duration::from_secs(10)), Ok(Some(_))) {
+                if !matches!(
+                    process::wait_timeout(&mut child, Duration::from_secs(10)),
+                    Ok(Some(_))
+                ) {
                     let _ = child.kill();
                     let _ = child.wait();
                 }
@@ -420,28 +472,55 @@ pub struct AuthOutcome {
 }
 
 /// Runs `openconnect --authenticate` as `user` from `device` and returns the cookie it prints.
-pub fn authenticate(topo: &Topology, gw: &Gateway, device: &str, user: &str, password: &str) -> Result<AuthOutcome> {
+pub fn authenticate(
+    topo: &Topology,
+    gw: &Gateway,
+    device: &str,
+    user: &str,
+    password: &str,
+) -> Result<AuthOutcome> {
     let mut cmd = topo.command_in(device, "openconnect")?;
-    cmd.args(["--authenticate", "--non-inter", "--user", user, "--passwd-on-stdin"]);
+    cmd.args([
+        "--authenticate",
+        "--non-inter",
+        "--user",
+        user,
+        "--passwd-on-stdin",
+    ]);
     cmd.args(["--servercert", gw.pin(), "-v", &gw.url()]);
-    let out = process::run(&mut cmd, Some(&format!("{password}\n")), Duration::from_secs(30))?;
+    let out = process::run(
+        &mut cmd,
+        Some(&format!("{password}\n")),
+        Duration::from_secs(30),
+    )?;
     let cookie = out
         .stdout
         .lines()
         .find_map(|l| l.strip_prefix("COOKIE="))
         .map(|v| v.trim().trim_matches('\'').to_string());
-    Ok(AuthOutcome { code: out.code, cookie, output: out.to_string() })
+    Ok(AuthOutcome {
+        code: out.code,
+        cookie,
+        output: out.to_string(),
+    })
 }
 
 /// Runs openconnect once in the foreground without keeping it (for runs expected to fail quickly):
 /// returns its exit code and log.
-pub fn run_expecting_exit(topo: &Topology, gw: &Gateway, opts: ClientOpts) -> Result<(Option<i32>, String)> {
+pub fn run_expecting_exit(
+    topo: &Topology,
+    gw: &Gateway,
+    opts: ClientOpts,
+) -> Result<(Option<i32>, String)> {
     match Client::launch(topo, gw, opts)? {
         Launch::Exited { code, log } => Ok((code, log)),
         Launch::Connected(mut c) => {
             let log = c.log();
             let _ = c.quit();
-            bail!("openconnect connected, but the test expected it to be refused; its log:\n{}", tail(&log, 30))
+            bail!(
+                "openconnect connected, but the test expected it to be refused; its log:\n{}",
+                tail(&log, 30)
+            )
         }
     }
 }

@@ -24,6 +24,7 @@ pub struct GatewayConfig {
     table: toml::Table,
     users: Vec<(String, String)>,
     cert_pem: Option<PathBuf>,
+    args: Vec<String>,
 }
 
 impl Default for GatewayConfig {
@@ -77,8 +78,15 @@ auth_timeout_secs = 30
 listen = "127.0.0.1:9477"
 "#
         );
-        let table = text.parse::<toml::Table>().expect("baseline config is valid TOML");
-        Self { table, users: Vec::new(), cert_pem: None }
+        let table = text
+            .parse::<toml::Table>()
+            .expect("baseline config is valid TOML");
+        Self {
+            table,
+            users: Vec::new(),
+            cert_pem: None,
+            args: Vec::new(),
+        }
     }
 
     /// Sets `section.key` (e.g. `"network.ipv4_pool"`) to `value`, creating the section if needed.
@@ -98,7 +106,11 @@ listen = "127.0.0.1:9477"
     /// Removes `section.key`.
     pub fn unset(mut self, path: &str) -> Self {
         let (section, key) = path.split_once('.').expect("path is section.key");
-        if let Some(t) = self.table.get_mut(section).and_then(toml::Value::as_table_mut) {
+        if let Some(t) = self
+            .table
+            .get_mut(section)
+            .and_then(toml::Value::as_table_mut)
+        {
             t.remove(key);
         }
         self
@@ -114,6 +126,12 @@ listen = "127.0.0.1:9477"
     /// the config names its own certificate (PEM or PFX). Without it the self-signed one is pinned.
     pub fn pin_certificate(mut self, cert_pem: &Path) -> Self {
         self.cert_pem = Some(cert_pem.to_path_buf());
+        self
+    }
+
+    /// Adds a command-line argument for tunneld (after `--config FILE`), e.g. `--drain-secs`.
+    pub fn daemon_arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_string());
         self
     }
 
@@ -137,7 +155,11 @@ listen = "127.0.0.1:9477"
     pub fn get_strs(&self, path: &str) -> Vec<String> {
         self.get(path)
             .and_then(toml::Value::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -199,10 +221,18 @@ pub fn cert_pin(cert_pem: &Path) -> Result<String> {
         "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64",
         cert_pem.display()
     );
-    let out = process::run(Command::new("sh").args(["-c", &script]), None, Duration::from_secs(10))?.check()?;
+    let out = process::run(
+        Command::new("sh").args(["-c", &script]),
+        None,
+        Duration::from_secs(10),
+    )?
+    .check()?;
     let b64 = out.stdout.trim();
     if b64.len() != 44 {
-        bail!("could not compute the pin of {}: got {b64:?}", cert_pem.display());
+        bail!(
+            "could not compute the pin of {}: got {b64:?}",
+            cert_pem.display()
+        );
     }
     Ok(format!("pin-sha256:{b64}"))
 }
@@ -267,6 +297,7 @@ impl Gateway {
             .arg(&bin)
             .arg("--config")
             .arg(&config_path)
+            .args(&config.args)
             .env("RUST_LOG", rust_log)
             .env("NO_COLOR", "1")
             .env("RUST_BACKTRACE", "1")
@@ -290,7 +321,10 @@ impl Gateway {
             None => {
                 let pem = state_dir.join("selfsigned-cert.pem");
                 if !pem.is_file() {
-                    bail!("tunneld started without [tls] cert but wrote no {}", pem.display());
+                    bail!(
+                        "tunneld started without [tls] cert but wrote no {}",
+                        pem.display()
+                    );
                 }
                 cert_pin(&pem)?
             }
@@ -301,20 +335,26 @@ impl Gateway {
     fn wait_ready(&mut self, topo: &Topology) -> Result<()> {
         let listen = self.listen().to_string();
         let device = topo.first_device().to_string();
-        let result = wait_until(START_TIMEOUT, &format!("tunneld to complete a TLS handshake on {listen}"), || {
-            if let Some(code) = self.poll_exit()? {
-                bail!("tunneld exited with {code:?} during start-up");
-            }
-            let mut cmd = topo.command_in(&device, "openssl")?;
-            cmd.args(["s_client", "-connect", &listen, "-brief"]);
-            Ok(process::run(&mut cmd, None, Duration::from_secs(5))?.success())
-        });
+        let result = wait_until(
+            START_TIMEOUT,
+            &format!("tunneld to complete a TLS handshake on {listen}"),
+            || {
+                if let Some(code) = self.poll_exit()? {
+                    bail!("tunneld exited with {code:?} during start-up");
+                }
+                let mut cmd = topo.command_in(&device, "openssl")?;
+                cmd.args(["s_client", "-connect", &listen, "-brief"]);
+                Ok(process::run(&mut cmd, None, Duration::from_secs(5))?.success())
+            },
+        );
         result.with_context(|| format!("tunneld log:\n{}", tail(&self.log(), 40)))
     }
 
     /// `host:port` the daemon listens on (from the config).
     pub fn listen(&self) -> &str {
-        self.config.get_str("server.listen").unwrap_or("198.18.1.1:443")
+        self.config
+            .get_str("server.listen")
+            .unwrap_or("198.18.1.1:443")
     }
 
     /// The URL clients use.
@@ -349,13 +389,17 @@ impl Gateway {
 
     /// Waits until its log contains a line that contains every one of `needles`; returns that line.
     pub fn wait_for_log(&self, needles: &[&str], timeout: Duration) -> Result<String> {
-        wait_for(timeout, &format!("a tunneld log line containing {needles:?}"), || {
-            Ok(self
-                .log()
-                .lines()
-                .find(|l| needles.iter().all(|n| l.contains(n)))
-                .map(str::to_string))
-        })
+        wait_for(
+            timeout,
+            &format!("a tunneld log line containing {needles:?}"),
+            || {
+                Ok(self
+                    .log()
+                    .lines()
+                    .find(|l| needles.iter().all(|n| l.contains(n)))
+                    .map(str::to_string))
+            },
+        )
         .with_context(|| format!("tunneld log tail:\n{}", tail(&self.log(), 30)))
     }
 
@@ -370,10 +414,22 @@ impl Gateway {
 
     /// The Prometheus text from the metrics listener, fetched with curl inside the gateway namespace.
     pub fn metrics(&self) -> Result<String> {
-        let listen = self.config.get_str("metrics.listen").unwrap_or("127.0.0.1:9477");
+        let listen = self
+            .config
+            .get_str("metrics.listen")
+            .unwrap_or("127.0.0.1:9477");
         let url = format!("http://{listen}/metrics");
         let out = process::run(
-            Command::new("ip").args(["netns", "exec", &self.gw_ns, "curl", "-sS", "--max-time", "5", &url]),
+            Command::new("ip").args([
+                "netns",
+                "exec",
+                &self.gw_ns,
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                &url,
+            ]),
             None,
             Duration::from_secs(10),
         )?;
@@ -383,8 +439,12 @@ impl Gateway {
     /// One metric's value (summed over series whose labels include `labels`); an error if absent.
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
         let text = self.metrics()?;
-        metric_value(&text, name, labels)
-            .with_context(|| format!("metric {name}{labels:?} not in /metrics:\n{}", tail(&text, 60)))
+        metric_value(&text, name, labels).with_context(|| {
+            format!(
+                "metric {name}{labels:?} not in /metrics:\n{}",
+                tail(&text, 60)
+            )
+        })
     }
 
     /// Like [`Self::metric`] but 0 when the series does not exist yet (counters with labels often
@@ -394,7 +454,13 @@ impl Gateway {
     }
 
     /// Waits until `name{labels}` equals `want`.
-    pub fn wait_metric(&self, name: &str, labels: &[(&str, &str)], want: f64, timeout: Duration) -> Result<()> {
+    pub fn wait_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        want: f64,
+        timeout: Duration,
+    ) -> Result<()> {
         let mut last = None;
         let r = wait_until(timeout, &format!("{name}{labels:?} == {want}"), || {
             let v = metric_value(&self.metrics()?, name, labels);
@@ -422,7 +488,10 @@ impl Gateway {
             &url,
         ]);
         let out = process::run(&mut cmd, None, Duration::from_secs(20))?;
-        let (body, code) = out.stdout.rsplit_once('\n').unwrap_or(("", out.stdout.as_str()));
+        let (body, code) = out
+            .stdout
+            .rsplit_once('\n')
+            .unwrap_or(("", out.stdout.as_str()));
         Ok(HttpReply {
             status: code.trim().parse().unwrap_or(0),
             body: body.to_string(),

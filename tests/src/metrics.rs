@@ -25,7 +25,11 @@ fn parse_line(line: &str) -> Option<Sample> {
     let (name, labels, rest) = match line.find('{') {
         Some(open) => {
             let close = line.rfind('}')?;
-            (&line[..open], parse_labels(&line[open + 1..close])?, &line[close + 1..])
+            (
+                &line[..open],
+                parse_labels(&line[open + 1..close])?,
+                &line[close + 1..],
+            )
         }
         None => {
             let sp = line.find(char::is_whitespace)?;
@@ -38,7 +42,11 @@ fn parse_line(line: &str) -> Option<Sample> {
         "-Inf" => f64::NEG_INFINITY,
         v => v.parse().ok()?,
     };
-    Some(Sample { name: name.trim().to_string(), labels, value })
+    Some(Sample {
+        name: name.trim().to_string(),
+        labels,
+        value,
+    })
 }
 
 fn parse_labels(s: &str) -> Option<Vec<(String, String)>> {
@@ -72,7 +80,10 @@ fn parse_labels(s: &str) -> Option<Vec<(String, String)>> {
             }
         }
         out.push((key, value));
-        rest = after[end? + 1..].trim_start().trim_start_matches(',').trim_start();
+        rest = after[end? + 1..]
+            .trim_start()
+            .trim_start_matches(',')
+            .trim_start();
     }
     Some(out)
 }
@@ -111,27 +122,50 @@ tunneld_weird{a="q\"uote",b="c,d"} 7 1700000000
 
     #[test]
     fn reads_plain_and_labelled_values() {
-        assert_eq!(metric_value(TEXT, "tunneld_sessions_active", &[]), Some(2.0));
         assert_eq!(
-            metric_value(TEXT, "tunneld_packets_dropped_total", &[("reason", "spoofed_source")]),
+            metric_value(TEXT, "tunneld_sessions_active", &[]),
+            Some(2.0)
+        );
+        assert_eq!(
+            metric_value(
+                TEXT,
+                "tunneld_packets_dropped_total",
+                &[("reason", "spoofed_source")]
+            ),
             Some(5.0)
         );
-        assert_eq!(metric_value(TEXT, "tunneld_bytes_total", &[("direction", "up")]), Some(1500.0));
+        assert_eq!(
+            metric_value(TEXT, "tunneld_bytes_total", &[("direction", "up")]),
+            Some(1500.0)
+        );
     }
 
     #[test]
     fn sums_series_when_labels_are_a_subset() {
-        assert_eq!(metric_value(TEXT, "tunneld_packets_dropped_total", &[]), Some(6.0));
+        assert_eq!(
+            metric_value(TEXT, "tunneld_packets_dropped_total", &[]),
+            Some(6.0)
+        );
     }
 
     #[test]
     fn absent_metric_or_label_is_none() {
         assert_eq!(metric_value(TEXT, "tunneld_nope", &[]), None);
-        assert_eq!(metric_value(TEXT, "tunneld_packets_dropped_total", &[("reason", "queue_full")]), None);
+        assert_eq!(
+            metric_value(
+                TEXT,
+                "tunneld_packets_dropped_total",
+                &[("reason", "queue_full")]
+            ),
+            None
+        );
     }
 
     #[test]
     fn handles_escaped_quotes_commas_and_timestamps() {
-        assert_eq!(metric_value(TEXT, "tunneld_weird", &[("a", "q\"uote"), ("b", "c,d")]), Some(7.0));
+        assert_eq!(
+            metric_value(TEXT, "tunneld_weird", &[("a", "q\"uote"), ("b", "c,d")]),
+            Some(7.0)
+        );
     }
 }

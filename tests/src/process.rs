@@ -87,7 +87,9 @@ pub fn run(cmd: &mut Command, input: Option<&str>, timeout: Duration) -> Result<
     cmd.stdin(stdin)
         .stdout(File::create(&out_path)?)
         .stderr(File::create(&err_path)?);
-    let mut child = cmd.spawn().with_context(|| format!("cannot start `{command}`"))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start `{command}`"))?;
     let status = wait_timeout(&mut child, timeout)?;
     let stdout = fs::read_to_string(&out_path).unwrap_or_default();
     let stderr = fs::read_to_string(&err_path).unwrap_or_default();
@@ -123,7 +125,9 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Result<Option<ExitS
 /// Sends a signal by name (`INT`, `TERM`, `USR2`, `KILL`, ...) to one process id, via kill(1).
 pub fn signal(pid: u32, sig: &str) -> Result<()> {
     let out = run(
-        Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()),
+        Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string()),
         None,
         Duration::from_secs(5),
     )?;
@@ -176,8 +180,12 @@ impl Background {
     pub fn spawn(cmd: &mut Command, log: PathBuf) -> Result<Self> {
         let what = describe(cmd);
         let file = File::create(&log)?;
-        cmd.stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file);
-        let child = cmd.spawn().with_context(|| format!("cannot start `{what}`"))?;
+        cmd.stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start `{what}`"))?;
         Ok(Self { child, what, log })
     }
 
@@ -195,7 +203,11 @@ impl Background {
     pub fn wait(&mut self, timeout: Duration) -> Result<Option<i32>> {
         match wait_timeout(&mut self.child, timeout)? {
             Some(status) => Ok(status.code()),
-            None => bail!("`{}` did not finish within {timeout:?}; output:\n{}", self.what, tail(&self.log(), 30)),
+            None => bail!(
+                "`{}` did not finish within {timeout:?}; output:\n{}",
+                self.what,
+                tail(&self.log(), 30)
+            ),
         }
     }
 

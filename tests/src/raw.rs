@@ -41,17 +41,41 @@ impl RawOutcome {
 
 /// Runs the raw client in the namespace of `device` against `gw` as `user`/`password` with the
 /// scenario arguments `args` (e.g. `["bad-frame", "--kind", "byte7"]`).
-pub fn run(topo: &Topology, gw: &Gateway, device: &str, user: &str, password: &str, args: &[&str]) -> Result<RawOutcome> {
+pub fn run(
+    topo: &Topology,
+    gw: &Gateway,
+    device: &str,
+    user: &str,
+    password: &str,
+    args: &[&str],
+) -> Result<RawOutcome> {
     let script = raw_client_script().display().to_string();
     let mut cmd = topo.command_in(device, "python3")?;
-    cmd.args(["-B", &script, "--server", gw.listen(), "--user", user, "--password", password]);
+    cmd.args([
+        "-B",
+        &script,
+        "--server",
+        gw.listen(),
+        "--user",
+        user,
+        "--password",
+        password,
+    ]);
     cmd.args(args);
     let out: Output = process::run(&mut cmd, None, Duration::from_secs(90))?;
     let result = out
         .stdout
         .lines()
         .rev()
-        .find_map(|l| serde_json::from_str::<Value>(l).ok().and_then(|v| v.get("result").cloned()))
+        .find_map(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .and_then(|v| v.get("result").cloned())
+        })
         .with_context(|| format!("raw client printed no result: {out}"))?;
-    Ok(RawOutcome { code: out.code, result, output: out.to_string() })
+    Ok(RawOutcome {
+        code: out.code,
+        result,
+        output: out.to_string(),
+    })
 }

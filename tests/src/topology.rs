@@ -77,7 +77,10 @@ impl TopologyBuilder {
     pub fn build(self) -> Result<Topology> {
         preflight()?;
         ensure!(self.gateway, "a topology needs .gateway()");
-        ensure!(!self.devices.is_empty(), "a topology needs at least one .device(..)");
+        ensure!(
+            !self.devices.is_empty(),
+            "a topology needs at least one .device(..)"
+        );
         for d in &self.devices {
             ensure!(
                 !d.is_empty() && d.len() <= 8 && d.chars().all(|c| c.is_ascii_alphanumeric()),
@@ -205,7 +208,10 @@ impl Topology {
     /// Pings `dst` from the namespace of `role`; `Ok` only if every one of `count` echoes is answered.
     pub fn ping(&self, role: &str, dst: &str, count: u32) -> Result<Output> {
         let count = count.to_string();
-        let out = self.exec_in(role, &["ping", "-n", "-c", &count, "-i", "0.2", "-W", "2", dst])?;
+        let out = self.exec_in(
+            role,
+            &["ping", "-n", "-c", &count, "-i", "0.2", "-W", "2", dst],
+        )?;
         if out.success() && out.stdout.contains(" 0% packet loss") {
             Ok(out)
         } else {
@@ -216,31 +222,108 @@ impl Topology {
     fn create(&mut self, devices: &[String]) -> Result<()> {
         let gw = self.add_namespace("gw")?;
         ip(&["-n", &gw, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &gw, "addr", "add", &format!("{GW_DEVICE_ADDR}/24"), "dev", "br0"])?;
+        ip(&[
+            "-n",
+            &gw,
+            "addr",
+            "add",
+            &format!("{GW_DEVICE_ADDR}/24"),
+            "dev",
+            "br0",
+        ])?;
         ip(&["-n", &gw, "link", "set", "br0", "up"])?;
         for (i, name) in devices.iter().enumerate() {
             let ns = self.add_namespace(name)?;
             let addr = format!("198.18.1.{}", 2 + i);
             let port = format!("d-{name}");
-            ip(&["-n", &gw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+            ip(&[
+                "-n", &gw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+                &ns,
+            ])?;
             ip(&["-n", &gw, "link", "set", &port, "master", "br0", "up"])?;
-            ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                "eth0",
+            ])?;
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-            self.devices.push(Device { name: name.clone(), addr });
+            self.devices.push(Device {
+                name: name.clone(),
+                addr,
+            });
         }
         if self.has_corp {
             let corp = self.add_namespace("corp")?;
-            ip(&["-n", &gw, "link", "add", "corp0", "type", "veth", "peer", "name", "eth0", "netns", &corp])?;
-            ip(&["-n", &gw, "addr", "add", &format!("{GW_CORP_ADDR}/24"), "dev", "corp0"])?;
-            ip(&["-n", &gw, "addr", "add", &format!("{GW_CORP_ADDR6}/64"), "dev", "corp0", "nodad"])?;
+            ip(&[
+                "-n", &gw, "link", "add", "corp0", "type", "veth", "peer", "name", "eth0", "netns",
+                &corp,
+            ])?;
+            ip(&[
+                "-n",
+                &gw,
+                "addr",
+                "add",
+                &format!("{GW_CORP_ADDR}/24"),
+                "dev",
+                "corp0",
+            ])?;
+            ip(&[
+                "-n",
+                &gw,
+                "addr",
+                "add",
+                &format!("{GW_CORP_ADDR6}/64"),
+                "dev",
+                "corp0",
+                "nodad",
+            ])?;
             ip(&["-n", &gw, "link", "set", "corp0", "up"])?;
-            ip(&["-n", &corp, "addr", "add", &format!("{CORP_ADDR}/24"), "dev", "eth0"])?;
-            ip(&["-n", &corp, "addr", "add", &format!("{CORP_ADDR6}/64"), "dev", "eth0", "nodad"])?;
+            ip(&[
+                "-n",
+                &corp,
+                "addr",
+                "add",
+                &format!("{CORP_ADDR}/24"),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&[
+                "-n",
+                &corp,
+                "addr",
+                "add",
+                &format!("{CORP_ADDR6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
             ip(&["-n", &corp, "link", "set", "eth0", "up"])?;
             ip(&["-n", &corp, "route", "add", POOL_ROUTE, "via", GW_CORP_ADDR])?;
-            ip(&["-n", &corp, "-6", "route", "add", POOL_ROUTE6, "via", GW_CORP_ADDR6])?;
+            ip(&[
+                "-n",
+                &corp,
+                "-6",
+                "route",
+                "add",
+                POOL_ROUTE6,
+                "via",
+                GW_CORP_ADDR6,
+            ])?;
         }
-        self.run_in("gw", &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])?;
+        self.run_in(
+            "gw",
+            &[
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
+            ],
+        )?;
         Ok(())
     }
 
@@ -253,7 +336,13 @@ impl Topology {
         // so IPv6 addresses are usable at once.
         self.run_in(
             role,
-            &["sysctl", "-q", "-w", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"],
+            &[
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+            ],
         )?;
         Ok(ns)
     }
@@ -286,24 +375,46 @@ fn ip(args: &[&str]) -> Result<()> {
 
 /// Kills every process still inside `ns` (all of them were started by this harness), then deletes it.
 fn delete_namespace(ns: &str) {
-    if let Ok(out) = process::run(Command::new("ip").args(["netns", "pids", ns]), None, Duration::from_secs(10)) {
-        for pid in out.stdout.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+    if let Ok(out) = process::run(
+        Command::new("ip").args(["netns", "pids", ns]),
+        None,
+        Duration::from_secs(10),
+    ) {
+        for pid in out
+            .stdout
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
             let _ = process::signal(pid, "KILL");
         }
     }
-    let _ = process::run(Command::new("ip").args(["netns", "del", ns]), None, Duration::from_secs(30));
+    let _ = process::run(
+        Command::new("ip").args(["netns", "del", ns]),
+        None,
+        Duration::from_secs(30),
+    );
 }
 
 /// Deletes namespaces left behind by an earlier test process that was killed before its drops ran
 /// (names are `tge<pid>x<n>-<role>`; only those whose pid is gone are touched).
 fn remove_stale_namespaces() {
-    let Ok(out) = process::run(Command::new("ip").args(["netns", "list"]), None, Duration::from_secs(10)) else {
+    let Ok(out) = process::run(
+        Command::new("ip").args(["netns", "list"]),
+        None,
+        Duration::from_secs(10),
+    ) else {
         return;
     };
     for line in out.stdout.lines() {
-        let Some(name) = line.split_whitespace().next() else { continue };
-        let Some(rest) = name.strip_prefix(NS_PREFIX) else { continue };
-        let Some(pid) = rest.split('x').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(rest) = name.strip_prefix(NS_PREFIX) else {
+            continue;
+        };
+        let Some(pid) = rest.split('x').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
         if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
             delete_namespace(name);
         }
@@ -329,7 +440,18 @@ pub fn preflight() -> Result<()> {
         .open("/dev/net/tun")
         .context("the end-to-end tests need /dev/net/tun (TUN devices); it cannot be opened")?;
     let mut missing = Vec::new();
-    for tool in ["ip", "openconnect", "openssl", "curl", "python3", "ping", "ss", "sysctl", "kill", "sha256sum"] {
+    for tool in [
+        "ip",
+        "openconnect",
+        "openssl",
+        "curl",
+        "python3",
+        "ping",
+        "ss",
+        "sysctl",
+        "kill",
+        "sha256sum",
+    ] {
         if which(tool).is_none() {
             missing.push(tool);
         }

@@ -23,9 +23,22 @@ pub fn tcpblob_script() -> PathBuf {
 /// A file of `bytes` random bytes in the test's directory, and its SHA-256 (hex).
 pub fn random_file(topo: &Topology, name: &str, bytes: u64) -> Result<(PathBuf, String)> {
     let path = topo.dir().join(name);
-    let script = format!("head -c {bytes} /dev/urandom > '{}' && sha256sum '{}'", path.display(), path.display());
-    let out = process::run(Command::new("sh").args(["-c", &script]), None, Duration::from_secs(60))?.check()?;
-    let digest = out.stdout.split_whitespace().next().context("sha256sum printed nothing")?;
+    let script = format!(
+        "head -c {bytes} /dev/urandom > '{}' && sha256sum '{}'",
+        path.display(),
+        path.display()
+    );
+    let out = process::run(
+        Command::new("sh").args(["-c", &script]),
+        None,
+        Duration::from_secs(60),
+    )?
+    .check()?;
+    let digest = out
+        .stdout
+        .split_whitespace()
+        .next()
+        .context("sha256sum printed nothing")?;
     Ok((path, digest.to_string()))
 }
 
@@ -56,20 +69,32 @@ fn last_json(text: &str) -> Result<Value> {
 
 /// `server_role` listens on `listen` (`addr:port`) and sends `file`; `client_role` connects and
 /// reads to EOF. Returns what the client received.
-pub fn download(topo: &Topology, server_role: &str, client_role: &str, listen: &str, file: &Path) -> Result<Received> {
+pub fn download(
+    topo: &Topology,
+    server_role: &str,
+    client_role: &str,
+    listen: &str,
+    file: &Path,
+) -> Result<Received> {
     let script = tcpblob_script().display().to_string();
     let file_s = file.display().to_string();
     let mut server = topo.spawn_in(
         server_role,
-        &["python3", "-B", &script, "serve", "--listen", listen, "--file", &file_s],
+        &[
+            "python3", "-B", &script, "serve", "--listen", listen, "--file", &file_s,
+        ],
         "tcpblob-serve.log",
     )?;
-    wait_until(Duration::from_secs(15), "the download server to listen", || {
-        if let Some(status) = server.try_wait()? {
-            bail!("download server exited with {status}: {}", server.log());
-        }
-        Ok(server.log().contains("listening"))
-    })?;
+    wait_until(
+        Duration::from_secs(15),
+        "the download server to listen",
+        || {
+            if let Some(status) = server.try_wait()? {
+                bail!("download server exited with {status}: {}", server.log());
+            }
+            Ok(server.log().contains("listening"))
+        },
+    )?;
     let start = Instant::now();
     let mut cmd = topo.command_in(client_role, "python3")?;
     cmd.args(["-B", &script, "fetch", "--connect", listen]);
@@ -86,10 +111,20 @@ pub fn download(topo: &Topology, server_role: &str, client_role: &str, listen: &
 
 /// `server_role` listens on `listen` and reads to EOF; `client_role` connects and sends `file`.
 /// Returns what the server received.
-pub fn upload(topo: &Topology, server_role: &str, client_role: &str, listen: &str, file: &Path) -> Result<Received> {
+pub fn upload(
+    topo: &Topology,
+    server_role: &str,
+    client_role: &str,
+    listen: &str,
+    file: &Path,
+) -> Result<Received> {
     let script = tcpblob_script().display().to_string();
     let file_s = file.display().to_string();
-    let mut server = topo.spawn_in(server_role, &["python3", "-B", &script, "sink", "--listen", listen], "tcpblob-sink.log")?;
+    let mut server = topo.spawn_in(
+        server_role,
+        &["python3", "-B", &script, "sink", "--listen", listen],
+        "tcpblob-sink.log",
+    )?;
     wait_until(Duration::from_secs(15), "the upload sink to listen", || {
         if let Some(status) = server.try_wait()? {
             bail!("upload sink exited with {status}: {}", server.log());
@@ -98,7 +133,15 @@ pub fn upload(topo: &Topology, server_role: &str, client_role: &str, listen: &st
     })?;
     let start = Instant::now();
     let mut cmd = topo.command_in(client_role, "python3")?;
-    cmd.args(["-B", &script, "push", "--connect", listen, "--file", &file_s]);
+    cmd.args([
+        "-B",
+        &script,
+        "push",
+        "--connect",
+        listen,
+        "--file",
+        &file_s,
+    ]);
     process::run(&mut cmd, None, TRANSFER_TIMEOUT)?.check()?;
     let elapsed = start.elapsed();
     server.wait(Duration::from_secs(30))?;

@@ -9,12 +9,20 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// Polls `cond` until it returns `Ok(true)` or `timeout` passes. An `Err` from `cond` ends the wait
 /// at once (a process that died will not come back). The timeout error names `what`.
-pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
+pub fn wait_until(
+    timeout: Duration,
+    what: &str,
+    mut cond: impl FnMut() -> Result<bool>,
+) -> Result<()> {
     wait_for(timeout, what, || Ok(cond()?.then_some(())))
 }
 
 /// Polls `probe` until it yields `Some(value)` and returns the value, or fails after `timeout`.
-pub fn wait_for<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+pub fn wait_for<T>(
+    timeout: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = probe()? {
@@ -44,7 +52,8 @@ mod tests {
 
     #[test]
     fn wait_until_times_out_with_the_condition_named() {
-        let err = wait_until(Duration::from_millis(120), "the impossible", || Ok(false)).unwrap_err();
+        let err =
+            wait_until(Duration::from_millis(120), "the impossible", || Ok(false)).unwrap_err();
         assert!(err.to_string().contains("the impossible"), "{err}");
     }
 

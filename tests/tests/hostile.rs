@@ -1,0 +1,227 @@
+//! Misbehaving clients: forged source addresses, broken CSTP frames, oversized HTTP heads, clients
+//! that say nothing. Each is handled on its own connection; everyone else keeps working.
+//!
+//! The misbehaving side is tests/scripts/cstp_raw_client.py, a real TLS client that logs in like
+//! openconnect and then sends what openconnect never would.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use e2e::raw::{self, RawOutcome};
+use e2e::{Client, ClientOpts, Gateway, GatewayConfig, Topology, CORP_ADDR, CORP_ADDR6};
+
+const PASSWORD: &str = "pw-for-tests";
+/// The auth timeout used here, short so the silent-client tests are quick.
+const AUTH_TIMEOUT_SECS: i64 = 3;
+
+fn gateway(topo: &Topology) -> Result<Gateway> {
+    Gateway::start(
+        topo,
+        GatewayConfig::new()
+            .set("timers.auth_timeout_secs", AUTH_TIMEOUT_SECS)
+            .user("alice", PASSWORD)
+            .user("eve", PASSWORD),
+    )
+}
+
+/// Two devices: `dev1` runs a well-behaved openconnect (the bystander), `dev2` the raw client.
+fn setup() -> Result<(Topology, Gateway, Client)> {
+    let topo = Topology::new()
+        .device("dev1")
+        .device("dev2")
+        .gateway()
+        .corp()
+        .build()?;
+    let gw = gateway(&topo)?;
+    let bystander = Client::connect(
+        &topo,
+        &gw,
+        ClientOpts::password("alice", PASSWORD).device("dev1"),
+    )?;
+    Ok((topo, gw, bystander))
+}
+
+fn raw(topo: &Topology, gw: &Gateway, args: &[&str]) -> Result<RawOutcome> {
+    raw::run(topo, gw, "dev2", "eve", PASSWORD, args)
+}
+
+/// The daemon still serves: the bystander pings, and a fresh raw login works end to end.
+fn still_serving(topo: &Topology, gw: &Gateway, bystander: &Client) -> Result<()> {
+    bystander.ping(topo, CORP_ADDR, 3)?;
+    let fresh = raw(topo, gw, &["login"])?;
+    ensure!(
+        fresh.code == Some(0) && fresh.flag("dpd_answered"),
+        "a new session after the abuse failed: {}",
+        fresh.output
+    );
+    let health = gw.https_get(topo, "dev2", "/health")?;
+    ensure!(
+        health.status == 200,
+        "health after the abuse: {} {}",
+        health.status,
+        health.detail
+    );
+    Ok(())
+}
+
+#[test]
+fn spoofed_source_is_dropped_and_counted() -> Result<()> {
+    let (topo, gw, bystander) = setup()?;
+    let before = gw.metric_or_zero(
+        "tunneld_packets_dropped_total",
+        &[("reason", "spoofed_source")],
+    )?;
+    // Forged sources: unassigned addresses of the client pools (anything answered would come back to
+    // the gateway and be dropped there), never a third party's address.
+    let out = raw(
+        &topo,
+        &gw,
+        &[
+            "spoof",
+            "--spoof-src",
+            "198.18.128.250",
+            "--spoof-src6",
+            "fd00:198:18:128::fa",
+            "--dst",
+            CORP_ADDR,
+            "--dst6",
+            CORP_ADDR6,
+            "--count",
+            "3",
+        ],
+    )?;
+    ensure!(out.code == Some(0), "raw client: {}", out.output);
+    let sent = out.result["spoofed_v4_sent"].as_u64().unwrap_or(0)
+        + out.result["spoofed_v6_sent"].as_u64().unwrap_or(0);
+    ensure!(
+        sent == 6,
+        "the raw client should have sent 3 forged IPv4 and 3 forged IPv6 packets: {}",
+        out.output
+    );
+    ensure!(
+        out.flag("legit_reply_v4"),
+        "the session's own (unforged) ping got no reply: {}",
+        out.output
+    );
+    ensure!(
+        out.flag("legit_reply_v6"),
+        "the session's own (unforged) IPv6 ping got no reply: {}",
+        out.output
+    );
+    ensure!(
+        out.flag("alive_after"),
+        "forged packets must be dropped, not end the session: {}",
+        out.output
+    );
+    let after = gw.metric(
+        "tunneld_packets_dropped_total",
+        &[("reason", "spoofed_source")],
+    )?;
+    ensure!(
+        after - before == sent as f64,
+        "spoofed_source drops counted {before} -> {after}, sent {sent}"
+    );
+    still_serving(&topo, &gw, &bystander)
+}
+
+fn broken_frame_ends_only_that_session(kind: &str) -> Result<()> {
+    let (topo, gw, bystander) = setup()?;
+    let out = raw(
+        &topo,
+        &gw,
+        &["--max-wait", "10", "bad-frame", "--kind", kind],
+    )?;
+    ensure!(out.code == Some(0), "raw client: {}", out.output);
+    ensure!(
+        out.flag("alive_before"),
+        "the session should work before the broken frame: {}",
+        out.output
+    );
+    ensure!(
+        out.flag("closed"),
+        "the gateway kept a session open after a {kind} frame: {}",
+        out.output
+    );
+    gw.wait_for_log(&["session ended", "user=eve"], Duration::from_secs(10))?;
+    gw.wait_metric("tunneld_sessions_active", &[], 1.0, Duration::from_secs(10))?;
+    ensure!(
+        gw.log_lines(&["session ended", "user=alice"]).is_empty(),
+        "the bystander's session ended too"
+    );
+    still_serving(&topo, &gw, &bystander)
+}
+
+#[test]
+fn frame_with_bad_magic_ends_only_that_session() -> Result<()> {
+    broken_frame_ends_only_that_session("magic")
+}
+
+#[test]
+fn frame_with_nonzero_byte_7_ends_only_that_session() -> Result<()> {
+    broken_frame_ends_only_that_session("byte7")
+}
+
+#[test]
+fn frame_longer_than_the_mtu_ends_only_that_session() -> Result<()> {
+    broken_frame_ends_only_that_session("oversize")
+}
+
+#[test]
+fn http_header_block_over_the_limit_is_refused_and_closed() -> Result<()> {
+    let (topo, gw, bystander) = setup()?;
+    let limit = gw
+        .config()
+        .get_int("server.max_header_bytes")
+        .unwrap_or(8192);
+    let size = (limit * 3).to_string();
+    let out = raw(
+        &topo,
+        &gw,
+        &["--max-wait", "10", "header-flood", "--size", &size],
+    )?;
+    ensure!(out.code == Some(0), "raw client: {}", out.output);
+    ensure!(
+        out.flag("closed"),
+        "a {size}-byte header block (limit {limit}) left the connection open: {}",
+        out.output
+    );
+    if let Some(status) = out.text("status_line") {
+        ensure!(
+            status.contains(" 431 ") || status.contains(" 400 ") || status.contains(" 413 "),
+            "an oversized head may only be answered with 431/400/413, got {status:?}"
+        );
+    }
+    still_serving(&topo, &gw, &bystander)
+}
+
+fn silent_client_is_closed_at_auth_timeout(phase: &str) -> Result<()> {
+    let (topo, gw, bystander) = setup()?;
+    let max_wait = (AUTH_TIMEOUT_SECS * 4).to_string();
+    let out = raw(
+        &topo,
+        &gw,
+        &["--max-wait", &max_wait, "silent", "--phase", phase],
+    )?;
+    ensure!(out.code == Some(0), "raw client: {}", out.output);
+    ensure!(
+        out.flag("closed"),
+        "a silent client ({phase}) was not closed within {max_wait} s: {}",
+        out.output
+    );
+    let secs = out.result["seconds"].as_f64().unwrap_or(0.0);
+    ensure!(
+        secs >= AUTH_TIMEOUT_SECS as f64 - 0.5 && secs <= AUTH_TIMEOUT_SECS as f64 + 3.0,
+        "closed after {secs} s; expected about auth_timeout_secs = {AUTH_TIMEOUT_SECS}"
+    );
+    still_serving(&topo, &gw, &bystander)
+}
+
+#[test]
+fn client_silent_after_the_tls_handshake_is_closed_at_the_auth_timeout() -> Result<()> {
+    silent_client_is_closed_at_auth_timeout("tls")
+}
+
+#[test]
+fn client_silent_before_the_tls_handshake_is_closed_at_the_auth_timeout() -> Result<()> {
+    silent_client_is_closed_at_auth_timeout("tcp")
+}
