@@ -3,3 +3,4 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::indexing_slicing))]
 pub mod config;
 pub mod tls;
+pub mod users;
