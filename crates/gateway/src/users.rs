@@ -281,6 +281,11 @@ impl UserDb {
         self.users.contains_key(username)
     }
 
+    /// The group of `username` (`None` when the user is unknown or has no group).
+    pub fn group(&self, username: &str) -> Option<&str> {
+        self.users.get(username).and_then(|u| u.group.as_deref())
+    }
+
     /// Number of users (locked ones included).
     pub fn len(&self) -> usize {
         self.users.len()
