@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
 
 use crate::gateway::Gateway;
-use crate::process::{self, read_log, tail};
+use crate::process::{self, read_log, tail, with_log};
 use crate::topology::Topology;
 use crate::wait::wait_for;
 
@@ -249,6 +249,20 @@ impl Client {
 
     /// Starts openconnect and waits until the tunnel is up or the client exits.
     pub fn launch(topo: &Topology, gw: &Gateway, opts: ClientOpts) -> Result<Launch> {
+        let opts = match opts.pin {
+            Some(_) => opts,
+            None => opts.pin(gw.pin()),
+        };
+        Self::launch_to(topo, &gw.url(), opts)
+    }
+
+    /// Starts openconnect against any server `url` (`opts.pin` is required) and waits until the
+    /// tunnel is up or the client exits.
+    pub fn launch_to(topo: &Topology, url: &str, opts: ClientOpts) -> Result<Launch> {
+        let pin = opts
+            .pin
+            .clone()
+            .context("ClientOpts::pin is required with launch_to")?;
         let device = opts
             .device
             .clone()
@@ -278,7 +292,6 @@ impl Client {
             }
         };
         let script = format!("/bin/sh '{}'", record_env_script().display());
-        let pin = opts.pin.clone().unwrap_or_else(|| gw.pin().to_string());
         cmd.args([
             "--servercert",
             &pin,
@@ -297,7 +310,7 @@ impl Client {
             cmd.arg("--no-dtls");
         }
         cmd.args(&opts.extra_args);
-        cmd.arg(gw.url());
+        cmd.arg(url);
         cmd.env("E2E_ENV_DIR", &env_dir);
         fs::write(&input_path, input)?;
         let log = fs::File::create(&log_path)?;
@@ -331,7 +344,7 @@ impl Client {
                 code,
                 log: client.log(),
             }),
-            Err(e) => Err(e.context(format!("openconnect log:\n{}", tail(&client.log(), 40)))),
+            Err(e) => Err(with_log(e, "openconnect log", &tail(&client.log(), 40))),
         }
     }
 
@@ -371,7 +384,7 @@ impl Client {
                 })
             },
         )
-        .with_context(|| format!("openconnect log:\n{}", tail(&self.log(), 40)))
+        .map_err(|e| with_log(e, "openconnect log", &tail(&self.log(), 40)))
     }
 
     /// The device namespace role it runs in.
@@ -419,7 +432,7 @@ impl Client {
     /// Waits for it to exit; returns the exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>> {
         wait_for(timeout, "openconnect to exit", || self.poll_exit())
-            .with_context(|| format!("openconnect log:\n{}", tail(&self.log(), 40)))
+            .map_err(|e| with_log(e, "openconnect log", &tail(&self.log(), 40)))
     }
 
     /// Logs out (SIGINT: openconnect sends DISCONNECT 0xB0) and waits; returns the exit code.
@@ -433,7 +446,7 @@ impl Client {
     /// Pings `dst` through the tunnel from the client's namespace; every echo must be answered.
     pub fn ping(&self, topo: &Topology, dst: &str, count: u32) -> Result<()> {
         topo.ping(&self.device, dst, count)
-            .with_context(|| format!("openconnect log tail:\n{}", tail(&self.log(), 15)))?;
+            .map_err(|e| with_log(e, "openconnect log", &tail(&self.log(), 15)))?;
         Ok(())
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::metrics::metric_value;
-use crate::process::{self, read_log, tail};
+use crate::process::{self, read_log, tail, with_log};
 use crate::topology::{Topology, GW_DEVICE_ADDR};
 use crate::wait::{wait_for, wait_until};
 
@@ -347,7 +347,7 @@ impl Gateway {
                 Ok(process::run(&mut cmd, None, Duration::from_secs(5))?.success())
             },
         );
-        result.with_context(|| format!("tunneld log:\n{}", tail(&self.log(), 40)))
+        result.map_err(|e| with_log(e, "tunneld log", &tail(&self.log(), 40)))
     }
 
     /// `host:port` the daemon listens on (from the config).
@@ -400,7 +400,7 @@ impl Gateway {
                     .map(str::to_string))
             },
         )
-        .with_context(|| format!("tunneld log tail:\n{}", tail(&self.log(), 30)))
+        .map_err(|e| with_log(e, "tunneld log", &tail(&self.log(), 30)))
     }
 
     /// Lines of its log that contain every one of `needles`.
@@ -467,7 +467,7 @@ impl Gateway {
             last = v;
             Ok(v == Some(want))
         });
-        r.with_context(|| format!("last value: {last:?}"))
+        r.map_err(|e| anyhow::anyhow!("{e:#} (last value: {last:?})"))
     }
 
     /// `GET <path>` over HTTPS from the namespace of `device`, as curl sees it (no certificate check:
@@ -521,7 +521,7 @@ impl Gateway {
     /// Waits for the daemon to exit; returns its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>> {
         wait_for(timeout, "tunneld to exit", || self.poll_exit())
-            .with_context(|| format!("tunneld log tail:\n{}", tail(&self.log(), 30)))
+            .map_err(|e| with_log(e, "tunneld log", &tail(&self.log(), 30)))
     }
 }
 

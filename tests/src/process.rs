@@ -225,3 +225,8 @@ impl Drop for Background {
         }
     }
 }
+
+/// Appends a program's log to an error, after the error's own message (so the reason comes first).
+pub fn with_log(err: anyhow::Error, label: &str, log: &str) -> anyhow::Error {
+    anyhow::anyhow!("{err:#}\n----- {label} -----\n{log}\n----- end {label} -----")
+}

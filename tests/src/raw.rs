@@ -49,13 +49,25 @@ pub fn run(
     password: &str,
     args: &[&str],
 ) -> Result<RawOutcome> {
+    run_at(topo, gw.listen(), device, user, password, args)
+}
+
+/// Like [`run`], against any server `host:port`.
+pub fn run_at(
+    topo: &Topology,
+    server: &str,
+    device: &str,
+    user: &str,
+    password: &str,
+    args: &[&str],
+) -> Result<RawOutcome> {
     let script = raw_client_script().display().to_string();
     let mut cmd = topo.command_in(device, "python3")?;
     cmd.args([
         "-B",
         &script,
         "--server",
-        gw.listen(),
+        server,
         "--user",
         user,
         "--password",
