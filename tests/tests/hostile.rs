@@ -126,6 +126,7 @@ fn spoofed_source_is_dropped_and_counted() -> Result<()> {
 
 fn broken_frame_ends_only_that_session(kind: &str) -> Result<()> {
     let (topo, gw, bystander) = setup()?;
+    let ended_before = gw.metric_or_zero("tunneld_sessions_ended_total", &[])?;
     let out = raw(
         &topo,
         &gw,
@@ -144,6 +145,11 @@ fn broken_frame_ends_only_that_session(kind: &str) -> Result<()> {
     );
     gw.wait_for_log(&["session ended", "user=eve"], Duration::from_secs(10))?;
     gw.wait_metric("tunneld_sessions_active", &[], 1.0, Duration::from_secs(10))?;
+    let ended_after = gw.metric("tunneld_sessions_ended_total", &[])?;
+    ensure!(
+        ended_after == ended_before + 1.0,
+        "sessions ended {ended_before} -> {ended_after}"
+    );
     ensure!(
         gw.log_lines(&["session ended", "user=alice"]).is_empty(),
         "the bystander's session ended too"

@@ -124,3 +124,32 @@ fn fifty_mib_download_over_ipv6_through_the_tunnel_arrives_intact() -> Result<()
     );
     Ok(())
 }
+
+#[test]
+fn packets_to_an_unassigned_pool_address_are_dropped_and_counted_as_no_session() -> Result<()> {
+    let topo = Topology::standard()?;
+    let gw = Gateway::start(&topo, GatewayConfig::new().user(USER, PASSWORD))?;
+    let before = gw.metric_or_zero("tunneld_packets_dropped_total", &[("reason", "no_session")])?;
+    // corp routes the pool through the gateway; nobody holds .200, so the gateway must drop these.
+    let out = topo.exec_in(
+        "corp",
+        &[
+            "ping",
+            "-n",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "198.18.128.200",
+        ],
+    )?;
+    ensure!(!out.success(), "an unassigned pool address answered: {out}");
+    let after = gw.metric("tunneld_packets_dropped_total", &[("reason", "no_session")])?;
+    ensure!(
+        after - before >= 3.0,
+        "no_session drops counted {before} -> {after}"
+    );
+    Ok(())
+}
