@@ -19,9 +19,15 @@ const DEFAULT_USERS_FILE: &str = "/etc/tunneld/users";
 #[derive(Debug, Parser)]
 #[command(name = "tunnelctl", version, about, long_about = None)]
 struct Cli {
-    /// The tunneld configuration file; settings tunnelctl needs (such as auth.users_file) are
-    /// read from it. Without it, built-in defaults apply.
-    #[arg(long, short = 'c', global = true, value_name = "PATH")]
+    /// The tunneld configuration file (the same one tunneld reads); settings tunnelctl needs
+    /// (such as auth.users_file) are taken from it. Without it, built-in defaults apply.
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        value_name = "PATH",
+        env = "TUNNELD_CONFIG"
+    )]
     config: Option<PathBuf>,
 
     #[command(subcommand)]

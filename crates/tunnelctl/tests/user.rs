@@ -11,6 +11,7 @@ use tunnel_gateway::users::{UserDb, VerifyOutcome};
 fn tunnelctl(args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tunnelctl"))
         .args(args)
+        .env_remove("TUNNELD_CONFIG")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -211,6 +212,7 @@ fn bad_input_is_refused() {
     let Ok(out) = Command::new("setsid")
         .args(["-w", env!("CARGO_BIN_EXE_tunnelctl")])
         .args(["user", "add", "frank", "--users-file", f])
+        .env_remove("TUNNELD_CONFIG")
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
         .stdout(Stdio::piped())
