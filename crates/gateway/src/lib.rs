@@ -1,6 +1,17 @@
 //! The tunnel-gateway server library: configuration, IP pool, session table, authentication, TLS
 //! listener, TUN data plane, health page and metrics.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::indexing_slicing))]
+pub mod admin;
 pub mod config;
+pub mod daemon;
+pub mod dataplane;
+pub mod egress;
+pub mod metrics;
+pub mod packet;
+pub mod pool;
+pub mod server;
+pub mod sessions;
+pub mod table;
 pub mod tls;
+pub(crate) mod tunnel;
 pub mod users;

@@ -1,0 +1,225 @@
+//! Assembles a running gateway from a validated [`Config`]: certificate, users, pool, TUN, egress,
+//! listeners and background tasks; then drains and stops on request.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Config;
+use crate::dataplane::{self, TunParams};
+use crate::egress::{self, EgressError, Nat};
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+use crate::server::{self, Shared};
+use crate::sessions::{EndReason, Sessions};
+use crate::table::SessionTable;
+use crate::tls::{self, TlsError};
+use crate::users::{UserDb, UsersError};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The users file could not be loaded.
+    #[error("auth.users_file: {0}")]
+    Users(#[from] UsersError),
+    /// The TUN device could not be created.
+    #[error("cannot create TUN device {name:?}: {source} (needs /dev/net/tun and CAP_NET_ADMIN)")]
+    Tun {
+        /// `network.tun_name`.
+        name: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Forwarding or NAT could not be set up.
+    #[error(transparent)]
+    Egress(#[from] EgressError),
+    /// A listening socket could not be bound.
+    #[error("cannot listen on {addr} ({field}): {source}")]
+    Bind {
+        /// The config field.
+        field: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+fn bind(addr: SocketAddr, field: &'static str, backlog: u32) -> Result<TcpListener, StartError> {
+    let err = |source| StartError::Bind {
+        field,
+        addr,
+        source,
+    };
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    sock.set_reuseaddr(true).map_err(err)?;
+    sock.bind(addr).map_err(err)?;
+    sock.listen(backlog).map_err(err)
+}
+
+/// A started gateway: listeners bound, TUN up, tasks running.
+#[derive(Debug)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _nat: Option<Nat>,
+    listen: SocketAddr,
+}
+
+impl Gateway {
+    /// Starts everything. Must be called inside a tokio runtime.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let cert = tls::load_certificate(&config)?;
+        tracing::info!(subject = %cert.subject, not_after = %cert.not_after, pin = %cert.pin_sha256, "certificate loaded");
+        let acceptor = TlsAcceptor::from(tls::server_config(&cert, config.tls.min_version)?);
+        let users = UserDb::load(&config.auth.users_file)?;
+        tracing::info!(users = users.len(), file = %config.auth.users_file.display(), "users loaded");
+
+        let net = &config.network;
+        let pool = Pool::new(net.ipv4_pool, net.ipv6_pool);
+        let table = Arc::new(SessionTable::new(Arc::clone(&pool)));
+        let metrics = Metrics::new();
+        let sessions = Sessions::new(Arc::clone(&pool), Arc::clone(&table), metrics.clone());
+
+        let params = TunParams {
+            name: net.tun_name.clone(),
+            v4: (net.gateway_ipv4(), net.ipv4_pool.prefix_len()),
+            v6: net
+                .ipv6_pool
+                .and_then(|p| net.gateway_ipv6().map(|a| (a, p.prefix_len()))),
+            mtu: u16::try_from(net.mtu).unwrap_or(1400),
+            offload: true,
+        };
+        let tun = dataplane::open_tun(&params).map_err(|source| StartError::Tun {
+            name: net.tun_name.clone(),
+            source,
+        })?;
+        tracing::info!(tun = %net.tun_name, offload = tun.offload, gateway = %params.v4.0, "TUN device up");
+        egress::enable_forwarding(net.ipv6_pool.is_some())?;
+        let nat = if net.nat {
+            Some(Nat::install(
+                &net.tun_name,
+                net.ipv4_pool,
+                net.ipv6_pool,
+                net.nat_interface.as_deref(),
+            )?)
+        } else {
+            None
+        };
+
+        let listener = bind(config.server.listen, "server.listen", 4096)?;
+        let admin = config
+            .metrics
+            .listen
+            .map(|a| bind(a, "metrics.listen", 128))
+            .transpose()?;
+
+        let (tun_tx, tun_rx) = mpsc::channel(4096);
+        let shared = Arc::new(Shared {
+            config: ArcSwap::from_pointee(config.clone()),
+            users: ArcSwap::from_pointee(users),
+            tls: ArcSwap::from_pointee(acceptor),
+            pool,
+            table: Arc::clone(&table),
+            sessions,
+            metrics: metrics.clone(),
+            draining: false.into(),
+            tun_tx,
+            started: Instant::now(),
+            pin: cert.pin_sha256.clone(),
+        });
+
+        let mut tasks = Vec::new();
+        let down = tokio::spawn({
+            let (tun, table, metrics) = (tun.clone(), Arc::clone(&table), metrics.clone());
+            async move {
+                if let Err(e) = dataplane::run_downstream(tun, table, metrics).await {
+                    tracing::error!(error = %e, "TUN reader stopped");
+                }
+            }
+        });
+        tasks.push(down);
+        tasks.push(tokio::spawn({
+            let metrics = metrics.clone();
+            async move {
+                if let Err(e) = dataplane::run_upstream(tun, tun_rx, metrics).await {
+                    tracing::error!(error = %e, "TUN writer stopped");
+                }
+            }
+        }));
+        tasks.push(tokio::spawn(server::serve(listener, Arc::clone(&shared))));
+        if let Some(admin) = admin {
+            tracing::info!(listen = ?config.metrics.listen, "metrics listening");
+            tasks.push(tokio::spawn(crate::admin::serve(
+                admin,
+                Arc::clone(&shared),
+            )));
+        }
+        tasks.push(tokio::spawn(reaper(Arc::clone(&shared))));
+        tracing::info!(listen = %config.server.listen, pool = %net.ipv4_pool, ipv6_pool = ?net.ipv6_pool, "gateway listening");
+        Ok(Self {
+            shared,
+            tasks,
+            _nat: nat,
+            listen: config.server.listen,
+        })
+    }
+
+    /// The shared state, for the control socket and tests.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The TLS listen address.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// Runs until `shutdown` resolves, then drains: health probes answer 503, new logins are
+    /// refused, every client gets a DISCONNECT, and after `drain` the tasks stop.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>, drain: Duration) {
+        shutdown.await;
+        tracing::info!(
+            drain_secs = drain.as_secs(),
+            sessions = self.shared.sessions.len(),
+            "draining"
+        );
+        self.shared.draining.store(true, Ordering::Relaxed);
+        self.shared.sessions.end_all(EndReason::Shutdown);
+        tokio::time::sleep(drain).await;
+        for t in &self.tasks {
+            t.abort();
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// Ends sessions whose cookie or session time ran out, once a second.
+async fn reaper(sh: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let cfg = sh.config.load();
+        let cookie = Duration::from_secs(u64::from(cfg.timers.cookie_timeout_secs));
+        let session = (cfg.timers.session_timeout_secs > 0)
+            .then(|| Duration::from_secs(u64::from(cfg.timers.session_timeout_secs)));
+        sh.sessions.reap(Instant::now(), cookie, session);
+    }
+}

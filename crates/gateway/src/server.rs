@@ -1,0 +1,452 @@
+//! The TLS listener and the HTTP phase of a connection: health probes, the XML login exchange, and
+//! the CONNECT that turns the connection into a tunnel (handed to [`crate::tunnel`]).
+//!
+//! Every connection gets `auth_timeout` from TCP accept to reach its CONNECT; header blocks and
+//! bodies have size limits; anything malformed is answered (400/404/431) and closed with a logged
+//! reason. None of this touches other connections.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::timeout_at;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tunnel_proto::auth_xml::{self, ClientMessage, Form};
+use tunnel_proto::connect::{self, ConnectError, ConnectRequest};
+use tunnel_proto::http::{self, Limits, Method, Request};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+use crate::sessions::{Session, Sessions};
+use crate::table::SessionTable;
+use crate::users::{UserDb, VerifyOutcome};
+
+/// The fixed body of the health page. No version, no counts: probes learn nothing internal.
+pub const HEALTH_BODY: &[u8] = b"OK\n";
+const DRAINING_BODY: &[u8] = b"draining\n";
+/// Wrong passwords allowed on one connection before it is closed with 401.
+const MAX_TRIES_PER_CONNECTION: u32 = 3;
+
+/// Everything the connection tasks share.
+pub struct Shared {
+    /// The configuration (swapped on reload).
+    pub config: ArcSwap<Config>,
+    /// The users file (swapped on reload).
+    pub users: ArcSwap<UserDb>,
+    /// The TLS acceptor (swapped when the certificate changes).
+    pub tls: ArcSwap<TlsAcceptor>,
+    /// The address pool.
+    pub pool: Arc<Pool>,
+    /// Address to live connection.
+    pub table: Arc<SessionTable>,
+    /// Every session.
+    pub sessions: Sessions,
+    /// The metrics.
+    pub metrics: Metrics,
+    /// True after SIGTERM: probes get 503, logins and CONNECTs are refused.
+    pub draining: AtomicBool,
+    /// Upstream packets to the TUN writer.
+    pub tun_tx: mpsc::Sender<Bytes>,
+    /// When the server started.
+    pub started: Instant,
+    /// The certificate's `pin-sha256:` value, for clients that pin it.
+    pub pin: String,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("sessions", &self.sessions.len())
+            .field("draining", &self.is_draining())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// True while the server drains.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// Accepts TLS connections until the listener fails or the task is cancelled.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                let _ = tcp.set_nodelay(true);
+                tokio::spawn(handle_connection(Arc::clone(&shared), tcp, peer));
+            }
+            Err(e) => {
+                // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning; the listener stays.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// What the HTTP phase decided after one request.
+enum Next {
+    /// Keep reading requests on this connection.
+    Continue,
+    /// Close the connection.
+    Close,
+    /// The CONNECT was accepted: run the tunnel.
+    Tunnel(Arc<Session>, ConnectRequest),
+}
+
+async fn handle_connection(sh: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+    let cfg = sh.config.load_full();
+    let accepted = Instant::now();
+    let deadline = tokio::time::Instant::from_std(accepted)
+        + std::time::Duration::from_secs(u64::from(cfg.timers.auth_timeout_secs));
+    let acceptor = sh.tls.load_full();
+    let mut tls = match timeout_at(deadline, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            sh.metrics.tls_handshake_failures.inc();
+            tracing::info!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            sh.metrics.tls_handshake_failures.inc();
+            tracing::info!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let limits = Limits {
+        max_header_bytes: cfg.server.max_header_bytes,
+        ..Limits::default()
+    };
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut failures = 0u32;
+    loop {
+        match http::parse_request(&buf, &limits) {
+            Ok(Some((req, used))) => {
+                buf.advance(used);
+                let next = handle_request(&sh, &cfg, &mut tls, &req, peer, &mut failures).await;
+                match next {
+                    Ok(Next::Continue) if !req.wants_close() => continue,
+                    Ok(Next::Continue) | Ok(Next::Close) => break,
+                    Ok(Next::Tunnel(session, creq)) => {
+                        crate::tunnel::run(sh, tls, buf, session, creq, peer, accepted).await;
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "write failed during HTTP phase");
+                        return;
+                    }
+                }
+            }
+            Ok(None) => {
+                buf.reserve(4096);
+                match timeout_at(deadline, tls.read_buf(&mut buf)).await {
+                    Ok(Ok(0)) => return,
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "read failed during HTTP phase");
+                        return;
+                    }
+                    Err(_) => {
+                        sh.metrics
+                            .http_rejects
+                            .with_label_values(&["auth_timeout"])
+                            .inc();
+                        tracing::info!(%peer, timeout_secs = cfg.timers.auth_timeout_secs, "no CONNECT before auth timeout; closing");
+                        let _ = tls.shutdown().await;
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                let (code, reason, label) = match e {
+                    http::HttpError::HeaderTooLarge { .. }
+                    | http::HttpError::TooManyHeaders { .. } => {
+                        (431, "Request Header Fields Too Large", "header_too_large")
+                    }
+                    http::HttpError::BodyTooLarge { .. } => {
+                        (413, "Payload Too Large", "body_too_large")
+                    }
+                    _ => (400, "Bad Request", "malformed"),
+                };
+                sh.metrics.http_rejects.with_label_values(&[label]).inc();
+                tracing::info!(%peer, error = %e, "bad HTTP request; closing");
+                let _ =
+                    write_response(&mut tls, &connect::error_response(code, reason, None)).await;
+                let _ = tls.shutdown().await;
+                return;
+            }
+        }
+    }
+    let _ = tls.shutdown().await;
+}
+
+async fn write_response(tls: &mut TlsStream<TcpStream>, bytes: &[u8]) -> std::io::Result<()> {
+    tls.write_all(bytes).await?;
+    tls.flush().await
+}
+
+fn path_only(path: &str) -> &str {
+    path.split(['?', '#']).next().unwrap_or(path)
+}
+
+/// A plain browser or load balancer, as opposed to an AnyConnect client in legacy GET mode.
+fn is_vpn_client(req: &Request) -> bool {
+    req.header("X-Aggregate-Auth").is_some()
+        || req.header("X-Transcend-Version").is_some()
+        || req
+            .header("Content-Type")
+            .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"))
+        || req
+            .header("User-Agent")
+            .is_some_and(|u| u.contains("AnyConnect") || u.contains("OpenConnect"))
+}
+
+fn xml_response(body: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut headers: Vec<(&str, &str)> = vec![
+        ("Connection", "Keep-Alive"),
+        ("Content-Type", "text/xml"),
+        ("X-Transcend-Version", "1"),
+    ];
+    headers.extend_from_slice(extra);
+    http::response(200, "OK", &headers, body.as_bytes())
+}
+
+fn login_form(error: Option<&str>) -> String {
+    auth_xml::auth_request(&Form {
+        action: "/auth",
+        message: Some("Please enter your username and password."),
+        error,
+        banner: None,
+        groups: &[],
+        selected_group: None,
+    })
+}
+
+/// The health page: 200 and a fixed body, or 503 while draining. HEAD gets the headers only.
+fn health_response(draining: bool, head: bool) -> Vec<u8> {
+    let (code, reason, body) = if draining {
+        (503, "Service Unavailable", DRAINING_BODY)
+    } else {
+        (200, "OK", HEALTH_BODY)
+    };
+    let mut r = http::response(
+        code,
+        reason,
+        &[
+            ("Content-Type", "text/plain"),
+            ("Cache-Control", "no-store"),
+        ],
+        body,
+    );
+    if head {
+        r.truncate(r.len() - body.len());
+    }
+    r
+}
+
+async fn handle_request(
+    sh: &Arc<Shared>,
+    cfg: &Config,
+    tls: &mut TlsStream<TcpStream>,
+    req: &Request,
+    peer: SocketAddr,
+    failures: &mut u32,
+) -> std::io::Result<Next> {
+    let path = path_only(&req.path);
+    match (&req.method, path) {
+        (Method::Get | Method::Head, p) if p == cfg.server.health_path => {
+            write_response(
+                tls,
+                &health_response(sh.is_draining(), matches!(req.method, Method::Head)),
+            )
+            .await?;
+            Ok(Next::Continue)
+        }
+        (Method::Get | Method::Head, "/") if !is_vpn_client(req) => {
+            write_response(
+                tls,
+                &health_response(sh.is_draining(), matches!(req.method, Method::Head)),
+            )
+            .await?;
+            Ok(Next::Continue)
+        }
+        (Method::Post, "/" | "/auth") | (Method::Get, "/") => {
+            if sh.is_draining() {
+                write_response(
+                    tls,
+                    &connect::error_response(
+                        503,
+                        "Service Unavailable",
+                        Some("server is shutting down"),
+                    ),
+                )
+                .await?;
+                return Ok(Next::Close);
+            }
+            handle_auth(sh, cfg, tls, req, peer, failures).await
+        }
+        (Method::Connect, _) => handle_connect(sh, tls, req, peer).await,
+        _ => {
+            tracing::debug!(%peer, method = req.method.as_str(), path, "unknown request; 404");
+            write_response(tls, &connect::error_response(404, "Not Found", None)).await?;
+            Ok(Next::Close)
+        }
+    }
+}
+
+async fn handle_auth(
+    sh: &Arc<Shared>,
+    cfg: &Config,
+    tls: &mut TlsStream<TcpStream>,
+    req: &Request,
+    peer: SocketAddr,
+    failures: &mut u32,
+) -> std::io::Result<Next> {
+    let msg = match auth_xml::parse_client_message(&req.body) {
+        Ok(m) => m,
+        Err(e) => {
+            sh.metrics
+                .http_rejects
+                .with_label_values(&["bad_auth_body"])
+                .inc();
+            tracing::info!(%peer, error = %e, "unparsable auth request; closing");
+            write_response(tls, &connect::error_response(400, "Bad Request", None)).await?;
+            return Ok(Next::Close);
+        }
+    };
+    let (username, password) = match msg {
+        ClientMessage::Init { .. } => {
+            write_response(tls, &xml_response(&login_form(None), &[])).await?;
+            return Ok(Next::Continue);
+        }
+        ClientMessage::Reply {
+            username: Some(u),
+            password: Some(p),
+            ..
+        } => (u, p),
+        ClientMessage::Reply { .. } => {
+            write_response(
+                tls,
+                &xml_response(
+                    &login_form(Some("Please enter your username and password.")),
+                    &[],
+                ),
+            )
+            .await?;
+            return Ok(Next::Continue);
+        }
+    };
+    let users = sh.users.load_full();
+    let (user_for_check, pass_for_check) = (username.clone(), password);
+    // Password hashing is deliberately slow: keep it off the async workers.
+    let outcome =
+        tokio::task::spawn_blocking(move || users.verify(&user_for_check, &pass_for_check))
+            .await
+            .unwrap_or(VerifyOutcome::BadPassword);
+    let group = match outcome {
+        VerifyOutcome::Ok { group } => group,
+        other => {
+            let reason = match other {
+                VerifyOutcome::UnknownUser => "unknown_user",
+                VerifyOutcome::Locked => "locked",
+                _ => "bad_password",
+            };
+            sh.metrics.auth_failures.with_label_values(&[reason]).inc();
+            *failures += 1;
+            tracing::warn!(user = %username, %peer, reason, attempt = *failures, "authentication failed");
+            if *failures >= MAX_TRIES_PER_CONNECTION {
+                write_response(
+                    tls,
+                    &http::response(
+                        401,
+                        "Authentication failed",
+                        &[("Connection", "close")],
+                        b"",
+                    ),
+                )
+                .await?;
+                return Ok(Next::Close);
+            }
+            write_response(tls, &xml_response(&login_form(Some("Login failed.")), &[])).await?;
+            return Ok(Next::Continue);
+        }
+    };
+    let created = sh.sessions.create(
+        &username,
+        group,
+        peer,
+        cfg.server.max_sessions,
+        cfg.server.max_sessions_per_user,
+    );
+    let (session, token) = match created {
+        Ok(x) => x,
+        Err(e) => {
+            sh.metrics
+                .auth_failures
+                .with_label_values(&["session_limit"])
+                .inc();
+            tracing::warn!(user = %username, %peer, error = %e, "login refused: session limit");
+            write_response(tls, &xml_response(&login_form(Some(&e.to_string())), &[])).await?;
+            return Ok(Next::Close);
+        }
+    };
+    sh.metrics.auth_successes.inc();
+    tracing::info!(session = session.id, user = %username, %peer, "authenticated");
+    let cookie = format!("webvpn={token}; Secure; HttpOnly");
+    let body = auth_xml::auth_success(&token, cfg.server.banner.as_deref());
+    write_response(tls, &xml_response(&body, &[("Set-Cookie", &cookie)])).await?;
+    Ok(Next::Continue)
+}
+
+async fn handle_connect(
+    sh: &Arc<Shared>,
+    tls: &mut TlsStream<TcpStream>,
+    req: &Request,
+    peer: SocketAddr,
+) -> std::io::Result<Next> {
+    let creq = match ConnectRequest::from_request(req) {
+        Ok(c) => c,
+        Err(e @ ConnectError::NotFound(_)) => {
+            tracing::info!(%peer, error = %e, "CONNECT refused");
+            write_response(tls, &connect::error_response(404, "Not Found", None)).await?;
+            return Ok(Next::Close);
+        }
+        Err(e) => {
+            tracing::info!(%peer, error = %e, "CONNECT refused");
+            write_response(tls, &connect::error_response(401, "Unauthorized", None)).await?;
+            return Ok(Next::Close);
+        }
+    };
+    if sh.is_draining() {
+        write_response(
+            tls,
+            &connect::error_response(503, "Service Unavailable", Some("server is shutting down")),
+        )
+        .await?;
+        return Ok(Next::Close);
+    }
+    let Some(session) = sh.sessions.find_by_cookie(&creq.cookie) else {
+        sh.metrics
+            .auth_failures
+            .with_label_values(&["bad_cookie"])
+            .inc();
+        tracing::info!(%peer, "CONNECT with an unknown or expired cookie; 401");
+        write_response(
+            tls,
+            &connect::error_response(401, "Cookie is not acceptable", None),
+        )
+        .await?;
+        return Ok(Next::Close);
+    };
+    Ok(Next::Tunnel(session, creq))
+}
