@@ -5,10 +5,13 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::indexing_slicing))]
 
+pub mod auth_form;
 pub mod auth_xml;
 pub mod connect;
+pub mod connect_client;
 pub mod cstp;
 pub mod http;
+pub mod http_client;
 pub mod mtu;
 pub mod timers;
 
