@@ -1,4 +1,22 @@
-//! A Rust client of the AnyConnect protocol, built on `tunnel-proto`.
+//! A Rust client of the AnyConnect protocol, built on `tunnel-proto`, for the capacity harness
+//! (`tunnel-bench`) and tests.
 //!
-//! Not yet implemented: the capacity harness issue builds it. It exists so the workspace layout is
-//! final and the harness has a home.
+//! One [`connect`] logs in over TLS (the XML `init`, the server's forms, the `webvpn` cookie), sends
+//! the `CONNECT`, and returns a [`Tunnel`] that carries CSTP frames. [`reconnect`] opens a new
+//! connection with the cookie only, as openconnect does after a network loss. Nothing here touches a
+//! TUN device: IP packets are built and read in user space ([`packet`]), so one process can run
+//! thousands of sessions, one task each.
+//!
+//! The server's certificate is accepted by its `pin-sha256:` value or, in a lab, without any check
+//! ([`tls::Verify`]).
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::indexing_slicing))]
+
+mod error;
+mod login;
+pub mod packet;
+pub mod tls;
+mod tunnel;
+
+pub use error::ClientError;
+pub use login::{connect, reconnect, Credentials, Endpoint, Established, SetupTimings};
+pub use tunnel::{Frame, Tunnel};
