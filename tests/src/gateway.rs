@@ -180,6 +180,11 @@ pub fn tunnelctl_bin() -> Result<PathBuf> {
     sibling_bin("tunnelctl", "TUNNELCTL_BIN")
 }
 
+/// Finds the tunnel-bench binary (the capacity harness): `$TUNNEL_BENCH_BIN`, else beside tunneld.
+pub fn tunnel_bench_bin() -> Result<PathBuf> {
+    sibling_bin("tunnel-bench", "TUNNEL_BENCH_BIN")
+}
+
 fn sibling_bin(name: &str, env: &str) -> Result<PathBuf> {
     if let Some(p) = std::env::var_os(env) {
         return Ok(PathBuf::from(p));

@@ -7,6 +7,7 @@
 //!
 //! Traffic stays inside the namespaces the test made: nothing is sent to any other address.
 
+pub mod bench;
 pub mod certs;
 pub mod client;
 pub mod gateway;

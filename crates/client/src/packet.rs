@@ -196,10 +196,7 @@ mod tests {
         // Valid ICMP checksum.
         let icmp = Icmpv4Slice::from_slice(ip.payload().payload).unwrap();
         let hdr = Icmpv4Header::new(icmp.icmp_type());
-        assert_eq!(
-            hdr.icmp_type.calc_checksum(icmp.payload()),
-            icmp.checksum()
-        );
+        assert_eq!(hdr.icmp_type.calc_checksum(icmp.payload()), icmp.checksum());
         let got = parse_reply(&echo_reply_to(&req), me).unwrap();
         assert_eq!(
             got,
@@ -251,7 +248,12 @@ mod tests {
 
     #[test]
     fn garbage_is_not_a_reply() {
-        for junk in [&[][..], &[0x45; 10], &[0x60; 60], b"TBP1TBP1TBP1TBP1TBP1TBP1TBP1"] {
+        for junk in [
+            &[][..],
+            &[0x45; 10],
+            &[0x60; 60],
+            b"TBP1TBP1TBP1TBP1TBP1TBP1TBP1",
+        ] {
             assert_eq!(parse_reply(junk, Ipv4Addr::LOCALHOST), None);
         }
     }

@@ -151,15 +151,28 @@ impl Tunnel {
         }
     }
 
-    /// Logs out: DISCONNECT with the logout code (the server ends the session and frees its
-    /// address), then closes the connection.
-    pub async fn logout(mut self) -> Result<(), ClientError> {
-        let mut payload = vec![cstp::LOGOUT_CODE];
+    /// Logs out: DISCONNECT with the logout code, then waits (at most `wait`) for the server to
+    /// close the connection, which it does once the session is ended and its address is free.
+    /// Returns whether the server closed within `wait`.
+    pub async fn logout(mut self, wait: std::time::Duration) -> Result<bool, ClientError> {
+        let mut payload = Vec::with_capacity(16);
+        payload.push(cstp::LOGOUT_CODE);
         payload.extend_from_slice(b"User logged out");
         self.queue(FrameType::Disconnect, &payload)?;
         self.flush().await?;
-        let _ = self.tls.shutdown().await;
-        Ok(())
+        let closed = tokio::time::timeout(wait, async {
+            loop {
+                self.rbuf.clear();
+                match self.read().await {
+                    Ok(()) => {}
+                    Err(_) => break,
+                }
+            }
+        })
+        .await
+        .is_ok();
+        let _ = tokio::time::timeout(wait, self.tls.shutdown()).await;
+        Ok(closed)
     }
 
     /// Drops the connection abruptly (TCP reset, no logout): what a device losing its network

@@ -262,9 +262,7 @@ impl LoginForm {
                     password_used = true;
                     out.fields.push((input.name.clone(), password.to_owned()));
                 }
-                InputKind::Password => {
-                    return Err(AuthFormError::Unanswerable(input.name.clone()))
-                }
+                InputKind::Password => return Err(AuthFormError::Unanswerable(input.name.clone())),
                 InputKind::Hidden => out.fields.push((input.name.clone(), input.value.clone())),
                 InputKind::Select(opts) if input.name == "group_list" => {
                     out.group = group

@@ -164,7 +164,10 @@ mod tests {
 
     fn server_reply() -> ConnectResponse {
         ConnectResponse {
-            ipv4: Some(("198.18.128.7".parse().unwrap(), "255.255.255.0".parse().unwrap())),
+            ipv4: Some((
+                "198.18.128.7".parse().unwrap(),
+                "255.255.255.0".parse().unwrap(),
+            )),
             ipv6: Some(("fd00::7".parse().unwrap(), 128)),
             mtu: 1400,
             base_mtu: Some(1500),

@@ -202,7 +202,10 @@ mod tests {
 
     #[test]
     fn partial_head_or_body_asks_for_more() {
-        assert_eq!(parse_response(b"HTTP/1.1 200 OK\r\nContent-", false), Ok(None));
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-", false),
+            Ok(None)
+        );
         assert_eq!(
             parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab", false),
             Ok(None)
@@ -240,7 +243,10 @@ mod tests {
             Err(ResponseError::ChunkedUnsupported(_))
         ));
         assert!(matches!(
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n", false),
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n",
+                false
+            ),
             Err(ResponseError::BodyTooLarge { .. })
         ));
     }

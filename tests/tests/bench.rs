@@ -1,0 +1,229 @@
+//! The capacity harness (`tunnel-bench`, on the Rust client `tunnel-client`) against the real
+//! tunneld: a small version of every scenario, checked for correctness only (every session up,
+//! every probe answered, every session back after a storm), never for speed.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use e2e::bench::{add_source_addresses, run_bench, BenchRun, Login};
+use e2e::{Gateway, GatewayConfig, Topology, CORP_ADDR};
+
+const USER: &str = "bench";
+const PASSWORD: &str = "bench-pw";
+/// The smoke size: every scenario opens this many sessions (the test pool holds 253).
+const SMOKE_SESSIONS: &str = "200";
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+fn setup() -> Result<(Topology, Gateway, Vec<String>)> {
+    let topo = Topology::standard()?;
+    let gw = Gateway::start(&topo, GatewayConfig::new().user(USER, PASSWORD))?;
+    let sources = add_source_addresses(&topo, "dev", 100, 4)?;
+    Ok((topo, gw, sources))
+}
+
+fn bench(
+    topo: &Topology,
+    gw: &Gateway,
+    sources: &[String],
+    scenario: &str,
+    args: &[&str],
+) -> Result<BenchRun> {
+    let mut all: Vec<&str> = vec![
+        "--target",
+        CORP_ADDR,
+        "--sessions",
+        SMOKE_SESSIONS,
+        "--concurrency",
+        "32",
+    ];
+    for s in sources {
+        all.extend(["--source", s.as_str()]);
+    }
+    all.extend_from_slice(args);
+    run_bench(
+        topo,
+        gw,
+        "dev",
+        Login {
+            user: USER,
+            password: PASSWORD,
+        },
+        scenario,
+        &all,
+        TIMEOUT,
+    )
+}
+
+fn ensure_all_up(run: &BenchRun) -> Result<()> {
+    ensure!(
+        run.num("/connect/up") == 200.0 && run.num("/connect/attempted") == 200.0,
+        "not every session came up: {}",
+        run.output
+    );
+    ensure!(
+        run.num("/connect/verify_received") == 200.0,
+        "a verification probe went unanswered: {}",
+        run.output
+    );
+    ensure!(
+        run.report["ok"] == true,
+        "harness reported problems: {}",
+        run.output
+    );
+    Ok(())
+}
+
+#[test]
+fn rust_client_sessions_come_up_and_each_one_round_trips_a_ping() -> Result<()> {
+    let (topo, gw, sources) = setup()?;
+    // `ip netns exec` execs tunneld, so the child's pid is the daemon's.
+    let pid = gw.pid().map(|p| p.to_string()).unwrap_or_default();
+    // 80 sessions per process: three worker processes share the 200 sessions.
+    let run = bench(
+        &topo,
+        &gw,
+        &sources,
+        "connect",
+        &["--server-pid", &pid, "--per-process", "80"],
+    )?;
+    ensure_all_up(&run)?;
+    // The gateway saw 200 sessions start and answered every probe's path through TUN and corp.
+    ensure!(
+        gw.metric("tunneld_sessions_started_total", &[])? >= 200.0,
+        "sessions_started metric: {}",
+        gw.metrics()?
+    );
+    ensure!(
+        run.num("/server/after_connect/rss_kib") > 0.0,
+        "no server memory reading: {}",
+        run.output
+    );
+    ensure!(run.num("/source_addresses") == 4.0);
+    ensure!(
+        run.num("/processes") == 3.0,
+        "expected 3 worker processes: {}",
+        run.output
+    );
+    ensure!(
+        run.num("/logout_failed") == 0.0,
+        "logouts failed: {}",
+        run.output
+    );
+    Ok(())
+}
+
+#[test]
+fn hold_keeps_every_session_with_dpd_answered_and_no_probe_lost() -> Result<()> {
+    let (topo, gw, sources) = setup()?;
+    let run = bench(
+        &topo,
+        &gw,
+        &sources,
+        "hold",
+        &[
+            "--duration",
+            "4",
+            "--trickle-ms",
+            "500",
+            "--dpd",
+            "1",
+            "--keepalive",
+            "1",
+        ],
+    )?;
+    ensure_all_up(&run)?;
+    ensure!(run.num("/action/sessions") == 200.0, "{}", run.output);
+    ensure!(
+        run.num("/action/probes_sent") >= 200.0 * 6.0,
+        "too few probes: {}",
+        run.output
+    );
+    ensure!(
+        run.num("/action/probes_unanswered") == 0.0,
+        "{}",
+        run.output
+    );
+    ensure!(
+        run.num("/action/dpd_sent") >= 200.0 * 2.0,
+        "too few DPDs: {}",
+        run.output
+    );
+    ensure!(
+        run.num("/action/dpd_answered") == run.num("/action/dpd_sent"),
+        "{}",
+        run.output
+    );
+    Ok(())
+}
+
+#[test]
+fn throughput_accounts_for_every_probe_both_ways() -> Result<()> {
+    let (topo, gw, sources) = setup()?;
+    let up_before = gw.metric_or_zero("tunneld_packets_total", &[("direction", "up")])?;
+    let run = bench(
+        &topo,
+        &gw,
+        &sources,
+        "throughput",
+        &[
+            "--duration",
+            "2",
+            "--pushers",
+            "50",
+            "--window",
+            "8",
+            "--size",
+            "1000",
+        ],
+    )?;
+    ensure_all_up(&run)?;
+    let sent = run.num("/action/probes_sent");
+    ensure!(sent > 50.0 * 8.0, "too few probes: {}", run.output);
+    ensure!(
+        run.num("/action/probes_received") == sent,
+        "probes lost: {}",
+        run.output
+    );
+    ensure!(
+        run.report["action"]["per_session_mbit"]
+            .as_array()
+            .map(Vec::len)
+            == Some(3)
+    );
+    let up_after = gw.metric("tunneld_packets_total", &[("direction", "up")])?;
+    ensure!(
+        up_after - up_before >= sent,
+        "gateway counted {} packets up, harness sent {sent}",
+        up_after - up_before
+    );
+    Ok(())
+}
+
+#[test]
+fn storm_with_cookie_reconnect_brings_every_session_back_on_its_address() -> Result<()> {
+    let (topo, gw, sources) = setup()?;
+    let run = bench(&topo, &gw, &sources, "storm", &["--mode", "cookie"])?;
+    ensure_all_up(&run)?;
+    ensure!(run.num("/action/recovered") == 200.0, "{}", run.output);
+    ensure!(run.num("/action/address_changed") == 0.0, "{}", run.output);
+    ensure!(
+        run.num("/action/probes_unanswered") == 0.0,
+        "{}",
+        run.output
+    );
+    Ok(())
+}
+
+#[test]
+fn storm_with_full_reauth_brings_every_session_back() -> Result<()> {
+    let (topo, gw, sources) = setup()?;
+    let run = bench(&topo, &gw, &sources, "storm", &["--mode", "reauth"])?;
+    ensure_all_up(&run)?;
+    ensure!(run.num("/action/recovered") == 200.0, "{}", run.output);
+    ensure!(
+        run.num("/action/probes_unanswered") == 0.0,
+        "{}",
+        run.output
+    );
+    Ok(())
+}
