@@ -272,6 +272,8 @@ fn collect_done(
             }
             Ok((i, Some(Msg::Fatal { error }))) => bail!("worker {i} failed: {error}"),
             Ok((_, Some(_))) => {}
+            // A worker exits after reporting End; only an exit before its report is a failure.
+            Ok((i, None)) if done.get(i).is_some_and(Option::is_some) => {}
             Ok((i, None)) => bail!("worker {i} exited during a phase"),
             Err(mpsc::RecvTimeoutError::Timeout) => tick(),
             Err(mpsc::RecvTimeoutError::Disconnected) => bail!("workers stopped"),
