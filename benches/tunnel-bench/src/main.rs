@@ -76,6 +76,12 @@ enum Scenario {
         #[arg(long)]
         bounded: bool,
     },
+    /// Print one reading of a server's memory and CPU (it and its descendants) as JSON.
+    Sample {
+        /// The server's pid.
+        #[arg(long)]
+        pid: u32,
+    },
     /// Internal: one worker process (started by the others).
     #[command(hide = true)]
     Worker {
@@ -193,6 +199,11 @@ fn main() -> Result<()> {
         Scenario::Worker { spec } => {
             let spec = serde_json::from_str(&spec).context("worker spec")?;
             return worker::run(spec);
+        }
+        Scenario::Sample { pid } => {
+            let s = procstat::sample(pid).with_context(|| format!("no process {pid}"))?;
+            println!("{}", serde_json::to_string(&s)?);
+            return Ok(());
         }
         Scenario::Connect { common } => (common, None, "connect"),
         Scenario::Hold {

@@ -1,0 +1,324 @@
+#!/usr/bin/env bash
+# Side-by-side capacity run: tunneld and ocserv on the same namespaces, the same certificate, the
+# same users file, pool, routes and MTU, measured with the same harness (tunnel-bench) and with the
+# real openconnect + iperf3; then docs/benchmarks.md is written from the medians (report.py).
+#
+#   sudo benches/anchor/run.sh                 # everything (about 15 minutes on 2 cores)
+#   REPS=1 SCALE="1000" sudo benches/anchor/run.sh   # a quick pass
+#
+# Environment (defaults in brackets):
+#   REPS [3]          repetitions of each harness scenario per server (a fresh server each time)
+#   N_IDLE [1000]     sessions for the connect scenario (setup rate, memory per idle session)
+#   CONC [64]         setups in flight at once
+#   N_TPUT [100]      sessions pushing in the throughput scenario; TPUT_SECS [10] its duration
+#   N_STORM [1000]    sessions dropped and brought back at once (cookie reconnect)
+#   SCALE ["1000 10000 19900"]  tunneld-only connect runs for memory per session at larger N
+#   IPERF_SECS [10]   openconnect + iperf3 duration per direction
+#   OUT [target/anchor/<time>]  where the JSON results and logs go
+#   MICRO [1]         also run the criterion micro-benchmarks (short measurement) into micro.txt
+#   WRITE_DOCS [1]    regenerate docs/benchmarks.md from the results
+#
+# Everything runs inside network namespaces this script creates (tba<pid>-dev, -gw, -corp) and
+# removes on exit; traffic goes only between them. Needs root, /dev/net/tun, ocserv, openconnect,
+# iperf3 (scripts/test.sh installs them; this script installs ocserv if missing).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+HERE="$ROOT/benches/anchor"
+REPS="${REPS:-3}"
+N_IDLE="${N_IDLE:-1000}"
+CONC="${CONC:-64}"
+N_TPUT="${N_TPUT:-100}"
+TPUT_SECS="${TPUT_SECS:-10}"
+N_STORM="${N_STORM:-1000}"
+SCALE="${SCALE:-1000 10000 19900}"
+IPERF_SECS="${IPERF_SECS:-10}"
+OUT="${OUT:-$ROOT/target/anchor/$(date -u +%Y%m%dT%H%M%SZ)}"
+WRITE_DOCS="${WRITE_DOCS:-1}"
+MICRO="${MICRO:-1}"
+
+ID="tba$$"
+DEV="$ID-dev"
+GW="$ID-gw"
+CORP="$ID-corp"
+GW_ADDR=198.18.1.1
+CORP_ADDR=198.18.2.10
+POOL=198.19.0.0/16
+SOURCES=198.18.1.10-198.18.1.17
+USER_NAME=bench
+PASSWORD=bench-pw
+SERVER_PID=""
+IPERF_PIDFILE=""
+
+mkdir -p "$OUT"
+LOG="$OUT/run.log"
+log() { echo "anchor: $*" | tee -a "$LOG" >&2; }
+
+command -v ocserv >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get update -q && apt-get install -y -q --no-install-recommends ocserv; }
+for tool in openconnect iperf3 ip openssl python3; do
+    command -v "$tool" >/dev/null || { echo "anchor: $tool is missing (scripts/test.sh installs it)" >&2; exit 1; }
+done
+
+log "building release binaries"
+(cd "$ROOT" && cargo build --release -p tunneld -p tunnel-bench) >>"$LOG" 2>&1
+TUNNELD="$ROOT/target/release/tunneld"
+BENCH="$ROOT/target/release/tunnel-bench"
+
+cleanup() {
+    stop_server
+    if [ -n "$IPERF_PIDFILE" ] && [ -s "$IPERF_PIDFILE" ]; then kill "$(cat "$IPERF_PIDFILE")" 2>/dev/null || true; fi
+    for ns in "$DEV" "$GW" "$CORP"; do
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+        ip netns del "$ns" 2>/dev/null || true
+    done
+}
+trap cleanup EXIT
+
+in_ns() { local ns="$1"; shift; ip netns exec "$ns" "$@"; }
+
+topology() {
+    for ns in "$DEV" "$GW" "$CORP"; do
+        ip netns add "$ns"
+        ip -n "$ns" link set lo up
+    done
+    ip -n "$GW" link add d0 type veth peer name eth0 netns "$DEV"
+    ip -n "$GW" addr add "$GW_ADDR/24" dev d0
+    ip -n "$GW" link set d0 up
+    ip -n "$DEV" addr add 198.18.1.2/24 dev eth0
+    for i in $(seq 10 17); do ip -n "$DEV" addr add "198.18.1.$i/24" dev eth0; done
+    ip -n "$DEV" link set eth0 up
+    ip -n "$GW" link add c0 type veth peer name eth0 netns "$CORP"
+    ip -n "$GW" addr add 198.18.2.1/24 dev c0
+    ip -n "$GW" link set c0 up
+    ip -n "$CORP" addr add "$CORP_ADDR/24" dev eth0
+    ip -n "$CORP" link set eth0 up
+    ip -n "$CORP" route add "$POOL" via 198.18.2.1
+    ip -n "$CORP" route add 198.18.1.0/24 via 198.18.2.1
+    in_ns "$GW" sysctl -q -w net.ipv4.ip_forward=1 net.core.somaxconn=65535 net.ipv4.tcp_max_syn_backlog=65535
+    in_ns "$DEV" sysctl -q -w net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1
+}
+
+make_credentials() {
+    openssl ecparam -name prime256v1 -genkey -noout -out "$OUT/key.pem" 2>/dev/null
+    openssl req -new -x509 -key "$OUT/key.pem" -out "$OUT/cert.pem" -days 30 -subj "/CN=$GW_ADDR" 2>/dev/null
+    PIN="pin-sha256:$(openssl x509 -in "$OUT/cert.pem" -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64)"
+    # One users file for both servers, in ocpasswd's format (user:group:crypt hash, SHA-512 crypt).
+    printf '%s::%s\n' "$USER_NAME" "$(openssl passwd -6 -salt anchorsalt "$PASSWORD")" > "$OUT/users"
+}
+
+write_tunneld_config() {
+    mkdir -p "$OUT/tunneld-state"
+    cat > "$OUT/tunneld.toml" <<CONF
+[server]
+listen = "$GW_ADDR:443"
+state_dir = "$OUT/tunneld-state"
+max_sessions = 70000
+max_sessions_per_user = 0
+max_unauthenticated_per_source = 0
+[tls]
+cert = "$OUT/cert.pem"
+key = "$OUT/key.pem"
+min_version = "1.2"
+[network]
+ipv4_pool = "$POOL"
+split_include = ["198.18.2.0/24"]
+mtu = 1400
+link_mtu = 1500
+tun_name = "tg0"
+nat = false
+[timers]
+dpd_secs = 90
+keepalive_secs = 32
+cookie_timeout_secs = 300
+auth_timeout_secs = 30
+[auth]
+users_file = "$OUT/users"
+[metrics]
+CONF
+}
+
+write_ocserv_config() {
+    # Equivalent to the tunneld config: same address, certificate, users, pool, route, MTU and
+    # timers; TLS only (no udp-port: tunneld has no DTLS yet, so both carry CSTP over TLS); no
+    # per-source connection rate limit or ban score (ocserv's defaults would throttle the harness,
+    # which opens many sessions from few addresses); no session or client caps.
+    cat > "$OUT/ocserv.conf" <<CONF
+auth = "plain[passwd=$OUT/users]"
+listen-host = $GW_ADDR
+tcp-port = 443
+run-as-user = nobody
+run-as-group = nogroup
+socket-file = $OUT/ocserv-socket
+server-cert = $OUT/cert.pem
+server-key = $OUT/key.pem
+isolate-workers = false
+max-clients = 0
+max-same-clients = 0
+rate-limit-ms = 0
+max-ban-score = 0
+server-stats-reset-time = 604800
+keepalive = 32
+dpd = 90
+mobile-dpd = 90
+try-mtu-discovery = false
+tls-priorities = "NORMAL:%SERVER_PRECEDENCE:%COMPAT:-VERS-SSL3.0:-VERS-TLS1.0:-VERS-TLS1.1"
+auth-timeout = 30
+min-reauth-time = 0
+cookie-timeout = 300
+deny-roaming = false
+rekey-time = 172800
+rekey-method = ssl
+use-occtl = false
+use-utmp = false
+pid-file = $OUT/ocserv.pid
+log-level = 0
+device = vpns
+predictable-ips = true
+ipv4-network = 198.19.0.0
+ipv4-netmask = 255.255.0.0
+route = 198.18.2.0/255.255.255.0
+mtu = 1400
+ping-leases = false
+cisco-client-compat = true
+dtls-legacy = false
+CONF
+}
+
+wait_tls() {
+    local i
+    for i in $(seq 1 150); do
+        if in_ns "$DEV" bash -c "exec 3<>/dev/tcp/$GW_ADDR/443" 2>/dev/null; then return 0; fi
+        if ! kill -0 "$SERVER_PID" 2>/dev/null; then log "server exited during start-up"; return 1; fi
+        sleep 0.2
+    done
+    log "server did not listen within 30 s"
+    return 1
+}
+
+start_server() {
+    case "$1" in
+    tunneld)
+        RUST_LOG=warn ip netns exec "$GW" "$TUNNELD" --config "$OUT/tunneld.toml" >>"$OUT/tunneld.log" 2>&1 &
+        ;;
+    ocserv)
+        ip netns exec "$GW" ocserv -f -c "$OUT/ocserv.conf" >>"$OUT/ocserv.log" 2>&1 &
+        ;;
+    esac
+    SERVER_PID=$!
+    wait_tls
+}
+
+stop_server() {
+    if [ -n "$SERVER_PID" ]; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+        SERVER_PID=""
+    fi
+    # ocserv's per-client workers and sec-mod may outlive the main process for a moment.
+    for pid in $(ip netns pids "$GW" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+    sleep 0.5
+}
+
+bench() {
+    # bench <server> <tag> <scenario> [args...]
+    local server="$1" tag="$2" scenario="$3"
+    shift 3
+    log "$server $tag: tunnel-bench $scenario $*"
+    TUNNEL_BENCH_PASSWORD="$PASSWORD" in_ns "$DEV" "$BENCH" "$scenario" \
+        --server "$GW_ADDR:443" --pin "$PIN" --user "$USER_NAME" --target "$CORP_ADDR" \
+        --source "$SOURCES" --server-pid "$SERVER_PID" --label "$server" --quiet \
+        --json "$OUT/$server-$tag.json" "$@" | tee -a "$LOG"
+}
+
+ping_ms() {
+    # ping_ms <file> <count>: round-trip times in ms, one per line, from the device to corp.
+    in_ns "$DEV" ping -n -c "$2" -i 0.01 -W 2 "$CORP_ADDR" | sed -n 's/.*time=\([0-9.]*\) ms.*/\1/p' > "$1"
+}
+
+openconnect_run() {
+    local server="$1" envdir="$OUT/$1-oc-env"
+    mkdir -p "$envdir"
+    # Baseline: the same path without the tunnel (a plain route through the gateway).
+    in_ns "$DEV" ip route add 198.18.2.0/24 via "$GW_ADDR"
+    ping_ms "$OUT/$server-ping-direct.txt" 300
+    in_ns "$DEV" ip route del 198.18.2.0/24 via "$GW_ADDR"
+    log "$server: openconnect + iperf3"
+    echo "$PASSWORD" | E2E_ENV_DIR="$envdir" ip netns exec "$DEV" openconnect --protocol=anyconnect \
+        --user "$USER_NAME" --passwd-on-stdin --non-inter --no-dtls --servercert "$PIN" \
+        --script "$ROOT/tests/scripts/record-env.sh" "https://$GW_ADDR/" >"$OUT/$server-openconnect.log" 2>&1 &
+    local oc=$!
+    local i
+    for i in $(seq 1 150); do
+        ls "$envdir"/*-connect.env >/dev/null 2>&1 && break
+        sleep 0.2
+    done
+    ls "$envdir"/*-connect.env >/dev/null 2>&1 || { log "$server: openconnect did not connect"; kill "$oc"; return 1; }
+    sleep 0.5
+    ping_ms "$OUT/$server-ping-tunnel.txt" 300
+    IPERF_PIDFILE="$OUT/iperf3.pid"
+    in_ns "$CORP" iperf3 -s -D -I "$IPERF_PIDFILE" -B "$CORP_ADDR"
+    sleep 0.5
+    for dir in up down; do
+        local flag=""
+        [ "$dir" = down ] && flag="-R"
+        "$BENCH" sample --pid "$SERVER_PID" > "$OUT/$server-iperf-$dir-cpu-before.json"
+        in_ns "$DEV" iperf3 -c "$CORP_ADDR" -t "$IPERF_SECS" -J $flag > "$OUT/$server-iperf-$dir.json"
+        "$BENCH" sample --pid "$SERVER_PID" > "$OUT/$server-iperf-$dir-cpu-after.json"
+    done
+    kill "$(cat "$IPERF_PIDFILE")" 2>/dev/null || true
+    IPERF_PIDFILE=""
+    kill -INT "$oc" 2>/dev/null || true
+    wait "$oc" 2>/dev/null || true
+}
+
+topology
+make_credentials
+write_tunneld_config
+write_ocserv_config
+{
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "commit: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //') x $(nproc)"
+    echo "memory: $(free -g | awk '/Mem:/ {print $2}') GiB"
+    echo "kernel: $(uname -r)"
+    echo "ocserv: $(ocserv --version 2>&1 | head -1)"
+    echo "openconnect: $(openconnect --version 2>&1 | head -1)"
+    echo "params: REPS=$REPS N_IDLE=$N_IDLE CONC=$CONC N_TPUT=$N_TPUT TPUT_SECS=$TPUT_SECS N_STORM=$N_STORM SCALE=\"$SCALE\" IPERF_SECS=$IPERF_SECS"
+} > "$OUT/machine.txt"
+
+for server in tunneld ocserv; do
+    for rep in $(seq 1 "$REPS"); do
+        start_server "$server"
+        bench "$server" "connect-$rep" connect -n "$N_IDLE" -c "$CONC"
+        # Two client processes: one alone saturates its core before either server does.
+        bench "$server" "throughput-$rep" throughput -n "$N_TPUT" -c "$CONC" --processes 2 --duration "$TPUT_SECS" --window 16 --size 1400
+        bench "$server" "storm-$rep" storm -n "$N_STORM" -c "$CONC" --mode cookie
+        stop_server
+    done
+    start_server "$server"
+    openconnect_run "$server"
+    stop_server
+done
+
+for n in $SCALE; do
+    start_server tunneld
+    bench tunneld "scale-$n" connect -n "$n" -c "$CONC" --per-process 8000 --setup-timeout 60
+    stop_server
+done
+
+if [ "$MICRO" = 1 ]; then
+    log "criterion micro-benchmarks"
+    for b in "tunnel-proto cstp" "tunnel-gateway hot_path"; do
+        set -- $b
+        (cd "$ROOT" && cargo bench -p "$1" --bench "$2" -- --warm-up-time 1 --measurement-time 3 2>>"$LOG") |
+            grep -E '^[a-z_]+/|time:|thrpt:' >> "$OUT/micro.txt"
+    done
+fi
+
+if [ "$WRITE_DOCS" = 1 ]; then
+    python3 "$HERE/report.py" "$OUT" > "$ROOT/docs/benchmarks.md"
+    log "wrote docs/benchmarks.md from $OUT"
+fi
+log "results in $OUT"
