@@ -13,6 +13,8 @@
 #   N_TPUT [100]      sessions pushing in the throughput scenario; TPUT_SECS [10] its duration
 #   N_STORM [1000]    sessions dropped and brought back at once (cookie reconnect)
 #   SCALE ["1000 10000 19900"]  tunneld-only connect runs for memory per session at larger N
+#   SCALE_MT ["64000"]  tunneld-only connect runs with 4 acceptor threads (own file tables)
+#   SKIP_COMPARE [0]  1: skip the side-by-side part (add scale runs to an existing OUT)
 #   IPERF_SECS [10]   openconnect + iperf3 duration per direction
 #   OUT [target/anchor/<time>]  where the JSON results and logs go
 #   MICRO [1]         also run the criterion micro-benchmarks (short measurement) into micro.txt
@@ -32,6 +34,8 @@ N_TPUT="${N_TPUT:-100}"
 TPUT_SECS="${TPUT_SECS:-10}"
 N_STORM="${N_STORM:-1000}"
 SCALE="${SCALE:-1000 10000 19900}"
+SCALE_MT="${SCALE_MT:-64000}"
+SKIP_COMPARE="${SKIP_COMPARE:-0}"
 IPERF_SECS="${IPERF_SECS:-10}"
 OUT="${OUT:-$ROOT/target/anchor/$(date -u +%Y%m%dT%H%M%SZ)}"
 WRITE_DOCS="${WRITE_DOCS:-1}"
@@ -107,6 +111,7 @@ make_credentials() {
 }
 
 write_tunneld_config() {
+    # $1: acceptor threads (0: the default single listener)
     mkdir -p "$OUT/tunneld-state"
     cat > "$OUT/tunneld.toml" <<CONF
 [server]
@@ -115,6 +120,7 @@ state_dir = "$OUT/tunneld-state"
 max_sessions = 70000
 max_sessions_per_user = 0
 max_unauthenticated_per_source = 0
+acceptor_threads = ${1:-0}
 [tls]
 cert = "$OUT/cert.pem"
 key = "$OUT/key.pem"
@@ -275,8 +281,11 @@ openconnect_run() {
 
 topology
 make_credentials
-write_tunneld_config
+write_tunneld_config 0
 write_ocserv_config
+if [ "$SKIP_COMPARE" = 1 ]; then
+    echo "params (added run): SCALE=\"$SCALE\" SCALE_MT=\"$SCALE_MT\"" >> "$OUT/machine.txt"
+else
 {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "commit: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
@@ -285,10 +294,12 @@ write_ocserv_config
     echo "kernel: $(uname -r)"
     echo "ocserv: $(ocserv --version 2>&1 | head -1)"
     echo "openconnect: $(openconnect --version 2>&1 | head -1)"
-    echo "params: REPS=$REPS N_IDLE=$N_IDLE CONC=$CONC N_TPUT=$N_TPUT TPUT_SECS=$TPUT_SECS N_STORM=$N_STORM SCALE=\"$SCALE\" IPERF_SECS=$IPERF_SECS"
+    echo "params: REPS=$REPS N_IDLE=$N_IDLE CONC=$CONC N_TPUT=$N_TPUT TPUT_SECS=$TPUT_SECS N_STORM=$N_STORM SCALE=\"$SCALE\" SCALE_MT=\"$SCALE_MT\" IPERF_SECS=$IPERF_SECS"
 } > "$OUT/machine.txt"
+fi
 
 for server in tunneld ocserv; do
+    [ "$SKIP_COMPARE" = 1 ] && break
     for rep in $(seq 1 "$REPS"); do
         start_server "$server"
         bench "$server" "connect-$rep" connect -n "$N_IDLE" -c "$CONC"
@@ -308,12 +319,20 @@ for n in $SCALE; do
     stop_server
 done
 
+for n in $SCALE_MT; do
+    write_tunneld_config 4
+    start_server tunneld
+    bench tunneld "mtscale-$n" connect -n "$n" -c "$CONC" --per-process 8000 --setup-timeout 60
+    stop_server
+    write_tunneld_config 0
+done
+
 if [ "$MICRO" = 1 ]; then
     log "criterion micro-benchmarks"
     for b in "tunnel-proto cstp" "tunnel-gateway hot_path"; do
         set -- $b
         (cd "$ROOT" && cargo bench -p "$1" --bench "$2" -- --warm-up-time 1 --measurement-time 3 2>>"$LOG") |
-            grep -E '^[a-z_]+/|time:|thrpt:' >> "$OUT/micro.txt"
+            grep -E '^[a-z_]+/|time:|thrpt:' | grep -v '%' >> "$OUT/micro.txt"
     done
 fi
 

@@ -66,6 +66,9 @@ pub struct ServerConfig {
     /// Maximum number of connections from one source address that have not yet authenticated;
     /// 0 turns the limit off (default).
     pub max_unauthenticated_per_source: u32,
+    /// Acceptor threads with their own file tables (see [`crate::acceptors`]); 0 (default) keeps
+    /// the single listener on the shared runtime. At most 64.
+    pub acceptor_threads: u32,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +83,7 @@ impl Default for ServerConfig {
             server_name: None,
             max_header_bytes: 8192,
             max_unauthenticated_per_source: 0,
+            acceptor_threads: 0,
         }
     }
 }
@@ -414,6 +418,15 @@ impl Config {
         }
         if let Some(name) = &s.server_name {
             check_server_name(v, name);
+        }
+        if s.acceptor_threads > 64 {
+            v.err(
+                "server.acceptor_threads",
+                format!(
+                    "{} is out of range: must be between 0 and 64",
+                    s.acceptor_threads
+                ),
+            );
         }
         if !(1024..=1024 * 1024).contains(&s.max_header_bytes) {
             v.err(
@@ -907,6 +920,15 @@ mod tests {
         let text = toml::to_string(&full).unwrap();
         let back: Config = toml::from_str(&text).unwrap();
         assert_eq!(back, full);
+    }
+
+    #[test]
+    fn acceptor_threads_default_off_and_bounded() {
+        assert_eq!(Config::default().server.acceptor_threads, 0);
+        let c = Config::from_toml_str("[server]\nacceptor_threads = 4\n").unwrap();
+        assert_eq!(c.server.acceptor_threads, 4);
+        let e = Config::from_toml_str("[server]\nacceptor_threads = 65\n").unwrap_err();
+        assert!(e.to_string().contains("server.acceptor_threads"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
+use crate::acceptors::{self, AcceptorError, Acceptors};
 use crate::config::Config;
 use crate::dataplane::{self, TunParams};
 use crate::egress::{self, EgressError, Nat};
@@ -44,6 +45,9 @@ pub enum StartError {
     /// Forwarding or NAT could not be set up.
     #[error(transparent)]
     Egress(#[from] EgressError),
+    /// The acceptor threads (`server.acceptor_threads`) could not start.
+    #[error(transparent)]
+    Acceptors(#[from] AcceptorError),
     /// A listening socket could not be bound.
     #[error("cannot listen on {addr} ({field}): {source}")]
     Bind {
@@ -79,6 +83,7 @@ pub struct Gateway {
     shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _nat: Option<Nat>,
+    acceptors: Option<Acceptors>,
     listen: SocketAddr,
 }
 
@@ -123,7 +128,11 @@ impl Gateway {
             None
         };
 
-        let listener = bind(config.server.listen, "server.listen", 4096)?;
+        // With acceptor threads, each binds its own listener after unsharing its file table.
+        let listener = match config.server.acceptor_threads {
+            0 => Some(bind(config.server.listen, "server.listen", 4096)?),
+            _ => None,
+        };
         let admin = config
             .metrics
             .listen
@@ -163,7 +172,17 @@ impl Gateway {
                 }
             }
         }));
-        tasks.push(tokio::spawn(server::serve(listener, Arc::clone(&shared))));
+        let acceptors = match listener {
+            Some(listener) => {
+                tasks.push(tokio::spawn(server::serve(listener, Arc::clone(&shared))));
+                None
+            }
+            None => Some(acceptors::start(
+                config.server.acceptor_threads as usize,
+                config.server.listen,
+                &shared,
+            )?),
+        };
         if let Some(admin) = admin {
             tracing::info!(listen = ?config.metrics.listen, "metrics listening");
             tasks.push(tokio::spawn(crate::admin::serve(
@@ -177,6 +196,7 @@ impl Gateway {
             shared,
             tasks,
             _nat: nat,
+            acceptors,
             listen: config.server.listen,
         })
     }
@@ -193,7 +213,7 @@ impl Gateway {
 
     /// Runs until `shutdown` resolves, then drains: health probes answer 503, new logins are
     /// refused, every client gets a DISCONNECT, and after `drain` the tasks stop.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()>, drain: Duration) {
+    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>, drain: Duration) {
         shutdown.await;
         tracing::info!(
             drain_secs = drain.as_secs(),
@@ -205,6 +225,9 @@ impl Gateway {
         tokio::time::sleep(drain).await;
         for t in &self.tasks {
             t.abort();
+        }
+        if let Some(a) = self.acceptors.as_mut() {
+            a.stop();
         }
         tracing::info!("stopped");
     }
