@@ -130,6 +130,20 @@ impl Gateway {
             .map(|a| bind(a, "metrics.listen", 128))
             .transpose()?;
 
+        let dtls = if config.dtls.enabled {
+            let (server, ctl) =
+                crate::dtls::DtlsServer::bind(config.server.listen, metrics.clone())
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        field: "server.listen (UDP, for [dtls])",
+                        addr: config.server.listen,
+                        source,
+                    })?;
+            Some((server, ctl))
+        } else {
+            None
+        };
+
         let (tun_tx, tun_rx) = mpsc::channel(4096);
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(config.clone()),
@@ -143,6 +157,7 @@ impl Gateway {
             tun_tx,
             started: Instant::now(),
             pin: cert.pin_sha256.clone(),
+            dtls: dtls.as_ref().map(|(server, _)| Arc::clone(server)),
         });
 
         let mut tasks = Vec::new();
@@ -164,6 +179,9 @@ impl Gateway {
             }
         }));
         tasks.push(tokio::spawn(server::serve(listener, Arc::clone(&shared))));
+        if let Some((server, ctl)) = dtls {
+            tasks.push(tokio::spawn(crate::dtls::run_demux(server, ctl)));
+        }
         if let Some(admin) = admin {
             tracing::info!(listen = ?config.metrics.listen, "metrics listening");
             tasks.push(tokio::spawn(crate::admin::serve(

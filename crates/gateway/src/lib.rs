@@ -5,6 +5,7 @@ pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod dtls;
 pub mod egress;
 pub mod metrics;
 pub mod packet;

@@ -59,6 +59,8 @@ pub struct Shared {
     pub started: Instant,
     /// The certificate's `pin-sha256:` value, for clients that pin it.
     pub pin: String,
+    /// The DTLS (UDP) channel, when `[dtls] enabled`.
+    pub dtls: Option<Arc<crate::dtls::DtlsServer>>,
 }
 
 impl std::fmt::Debug for Shared {

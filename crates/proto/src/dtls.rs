@@ -254,10 +254,7 @@ mod tests {
             &d[..13],
             &[0x16, 0xfe, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0x00, 0x9b]
         );
-        assert_eq!(
-            &d[13..25],
-            &[0x01, 0, 0, 0x8f, 0, 0, 0, 0, 0, 0, 0, 0x8f]
-        );
+        assert_eq!(&d[13..25], &[0x01, 0, 0, 0x8f, 0, 0, 0, 0, 0, 0, 0, 0x8f]);
         assert_eq!(d[59], 32);
         assert_eq!(&d[60..92], &APP_ID);
     }
@@ -385,10 +382,7 @@ mod tests {
         );
         assert_eq!(decode(&[0x04]), Ok(Payload::DpdResponse));
         assert_eq!(decode(&[0x07]), Ok(Payload::Keepalive));
-        assert_eq!(
-            decode(&[0x05, 0xb0]),
-            Ok(Payload::Disconnect(&[0xb0][..]))
-        );
+        assert_eq!(decode(&[0x05, 0xb0]), Ok(Payload::Disconnect(&[0xb0][..])));
         assert_eq!(decode(&[0x08, 9]), Ok(Payload::Compressed(&[9][..])));
         assert_eq!(decode(&[0x09]), Ok(Payload::Unknown(0x09)));
         assert_eq!(decode(&[0x42, 1]), Ok(Payload::Unknown(0x42)));
