@@ -755,6 +755,11 @@ impl DtlsLink {
             && (app_record || !self.pending.as_ref().is_some_and(|p| p.ep.peer == peer));
         if !to_established {
             if let Some(p) = self.pending.as_mut().filter(|p| p.ep.peer == peer) {
+                if data.first() == Some(&wire::CONTENT_APPLICATION_DATA) {
+                    // A client sends no application data before the handshake completes.
+                    self.server.metrics.dtls_drop(DtlsDrop::StalePeer, 1);
+                    return None;
+                }
                 p.ep.stream.get_mut().inbox = Some(data);
                 return match p.ep.stream.accept() {
                     Ok(()) => Some(self.promote(now, up)),

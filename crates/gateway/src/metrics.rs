@@ -56,7 +56,7 @@ pub enum DtlsDrop {
     /// The session's inbound datagram queue was full.
     QueueFull,
     /// Reached its session from an address that is neither its DTLS peer nor its handshake in
-    /// progress, or for a session whose DTLS state is gone.
+    /// progress, or application data from a peer whose handshake has not completed.
     StalePeer,
     /// Not accepted by the session's DTLS state (bad record, alert, unexpected type).
     BadRecord,
