@@ -60,8 +60,15 @@ const SESSION_QUEUE: usize = 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes per receive slot: with GRO one slot can hold up to 64 KiB of coalesced datagrams.
 const RECV_SLOT: usize = 65535;
-/// Arena chunk that forwarded datagrams and upstream packets are carved from.
+/// Arena chunk that the demux copies forwarded datagrams into.
 const ARENA_CHUNK: usize = 256 * 1024;
+/// Arena chunk a session copies its decrypted upstream packets into (small: there is one per
+/// session).
+const SESSION_ARENA_CHUNK: usize = 16 * 1024;
+/// Largest DTLS record plaintext (2^14), plus room to spare: a read must take a whole record.
+const MAX_PLAINTEXT: usize = 16 * 1024 + 1024;
+/// How often the demux forgets peers of sessions that ended while their datagrams were queued.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 /// Largest UDP payload sent in one GSO call.
 const MAX_GSO_BYTES: usize = 64000;
 /// Socket buffer sizes asked for (the kernel caps them at `net.core.{r,w}mem_max`).
@@ -220,7 +227,7 @@ impl DtlsServer {
             pending: None,
             last_rx: Instant::now(),
             active: false,
-            plain: vec![0u8; 1 << 16],
+            plain: Vec::new(),
             reply: Vec::new(),
             arena: BytesMut::new(),
             up_packets: 0,
@@ -294,13 +301,15 @@ struct Arena {
 
 impl Arena {
     fn copy(&mut self, d: &[u8]) -> Bytes {
-        copy_into(&mut self.buf, d)
+        copy_into(&mut self.buf, d, ARENA_CHUNK)
     }
 }
 
-fn copy_into(buf: &mut BytesMut, d: &[u8]) -> Bytes {
+/// Appends `d` to the arena `buf` (a new `chunk`-sized allocation when it is full) and splits it
+/// off as its own `Bytes`.
+fn copy_into(buf: &mut BytesMut, d: &[u8], chunk: usize) -> Bytes {
     if buf.capacity() < d.len() {
-        *buf = BytesMut::with_capacity(ARENA_CHUNK.max(d.len()));
+        *buf = BytesMut::with_capacity(chunk.max(d.len()));
     }
     buf.extend_from_slice(d);
     buf.split().freeze()
@@ -381,6 +390,12 @@ impl Demux {
         }
     }
 
+    /// Forgets peers whose session has ended (normally they are forgotten when the session ends or
+    /// on their next datagram; this catches peers that went quiet).
+    fn sweep(&mut self) {
+        self.peers.retain(|_, r| !r.tx.is_closed());
+    }
+
     fn apply(&mut self, ctl: Ctl) {
         match ctl {
             Ctl::Forget { session_id, peer } => {
@@ -410,6 +425,8 @@ pub(crate) async fn run_demux(server: Arc<DtlsServer>, mut ctl: mpsc::UnboundedR
     let mut storage = vec![0u8; RECV_SLOT * quinn_udp::BATCH_SIZE];
     let mut meta = [RecvMeta::default(); quinn_udp::BATCH_SIZE];
     let mut drops = [0u64; DtlsDrop::COUNT];
+    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
@@ -420,6 +437,10 @@ pub(crate) async fn run_demux(server: Arc<DtlsServer>, mut ctl: mpsc::UnboundedR
                 }
                 None => return,
             },
+            _ = sweep.tick() => {
+                demux.sweep();
+                continue;
+            }
             r = server.socket.readable() => if let Err(e) = r {
                 tracing::error!(error = %e, "DTLS socket failed; DTLS stopped");
                 return;
@@ -689,7 +710,8 @@ impl DtlsLink {
                 .dtls_handshakes
                 .with_label_values(&["failed"])
                 .inc();
-            tracing::info!(session = self.session_id, peer = %p.ep.peer, why, "DTLS handshake failed");
+            // Debug level: anyone who saw the App-ID on the wire can make handshakes fail.
+            tracing::debug!(session = self.session_id, peer = %p.ep.peer, why, "DTLS handshake failed");
             if self.established.as_ref().map(|e| e.peer) != Some(p.ep.peer) {
                 self.forget(p.ep.peer);
             }
@@ -728,7 +750,7 @@ impl DtlsLink {
             }
             // A ClientHello from the peer whose handshake is in progress is a retransmit (or the
             // answer to a HelloVerifyRequest) and belongs to it; any other starts a new handshake.
-            if !self.pending.as_ref().is_some_and(|p| p.ep.peer == peer) {
+            if self.pending.as_ref().is_none_or(|p| p.ep.peer != peer) {
                 self.fail_pending("replaced by a new ClientHello");
                 match self.new_endpoint(peer, &data) {
                     Ok(ep) => {
@@ -752,7 +774,7 @@ impl DtlsLink {
             Some(&wire::CONTENT_APPLICATION_DATA) | Some(21)
         );
         let to_established = self.established.as_ref().is_some_and(|e| e.peer == peer)
-            && (app_record || !self.pending.as_ref().is_some_and(|p| p.ep.peer == peer));
+            && (app_record || self.pending.as_ref().is_none_or(|p| p.ep.peer != peer));
         if !to_established {
             if let Some(p) = self.pending.as_mut().filter(|p| p.ep.peer == peer) {
                 if data.first() == Some(&wire::CONTENT_APPLICATION_DATA) {
@@ -824,6 +846,9 @@ impl DtlsLink {
             ..
         } = self;
         let ep = established.as_mut()?;
+        if plain.len() < MAX_PLAINTEXT {
+            plain.resize(MAX_PLAINTEXT, 0);
+        }
         let mut closed = false;
         let mut valid = false;
         loop {
@@ -846,7 +871,7 @@ impl DtlsLink {
                 Ok(Payload::Data(pkt)) => {
                     self.up_packets += 1;
                     self.up_bytes += pkt.len() as u64;
-                    up.push(copy_into(arena, pkt));
+                    up.push(copy_into(arena, pkt, SESSION_ARENA_CHUNK));
                 }
                 Ok(Payload::DpdRequest(rest)) => {
                     reply.clear();
@@ -1102,6 +1127,16 @@ mod tests {
             Err(DtlsDrop::UnknownAppId),
             "an expired App-ID matches nothing"
         );
+        // A peer of an ended session that never sends again is swept.
+        let b = srv.register(2, [2; 32], params());
+        demux
+            .dispatch(&srv, addr(5002), &hello(&b.app_id()), &mut arena)
+            .unwrap();
+        demux.sweep();
+        assert_eq!(demux.len(), 1, "a live session's peer stays");
+        drop(b);
+        demux.sweep();
+        assert_eq!(demux.len(), 0);
     }
 
     #[tokio::test]
@@ -1158,6 +1193,11 @@ mod tests {
         );
         assert_eq!(ev, None, "a ClientHello alone starts a handshake");
         assert!(!a.is_active());
+        let flight = &a.pending.as_mut().unwrap().ep.stream.get_mut().out;
+        assert!(
+            flight.first() == Some(&wire::CONTENT_HANDSHAKE) && flight.get(13) == Some(&2),
+            "OpenSSL answered the ClientHello with a ServerHello"
+        );
         let t = a.poll_timeout(now).unwrap();
         assert!(t <= now + HANDSHAKE_TIMEOUT);
         assert_eq!(

@@ -370,10 +370,10 @@ pub(crate) async fn run(
                 let mut next = Some(inb);
                 let mut n = 0;
                 while let Some(inb) = next {
-                    if let Some(ev) = link.on_datagram(inb, now, &mut up_batch) {
-                        if let LinkEvent::Established { peer: udp_peer } = ev {
-                            tracing::debug!(parent: &span, %udp_peer, "DTLS up");
-                        }
+                    if let Some(LinkEvent::Established { peer: udp_peer }) =
+                        link.on_datagram(inb, now, &mut up_batch)
+                    {
+                        tracing::debug!(parent: &span, %udp_peer, "DTLS up");
                     }
                     n += 1;
                     next = if n < crate::dtls::RECV_BATCH { link.try_recv() } else { None };
