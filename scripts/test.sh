@@ -57,8 +57,8 @@ echo "test.sh: building all binaries (tunneld and tunnelctl are what the end-to-
 cargo build --workspace --bins
 
 echo "test.sh: unit and integration tests of the crates"
-cargo test --workspace --exclude e2e
+cargo test --no-fail-fast --workspace --exclude e2e
 
 echo "test.sh: end-to-end tests (network namespaces, openconnect, TUN)"
 # anyhow errors of failed e2e tests carry the daemon/client log; skip their stack backtraces.
-RUST_LIB_BACKTRACE="${RUST_LIB_BACKTRACE:-0}" cargo test -p e2e -- --test-threads="${E2E_THREADS:-1}"
+RUST_LIB_BACKTRACE="${RUST_LIB_BACKTRACE:-0}" cargo test --no-fail-fast -p e2e -- --test-threads="${E2E_THREADS:-1}"
