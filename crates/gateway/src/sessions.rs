@@ -339,7 +339,7 @@ impl Sessions {
         tracing::info!(
             session = session.id,
             user = %session.user,
-            peer = %session.peer,
+            login_peer = %session.peer,
             ipv4 = ?addrs.map(|a| a.0),
             ipv6 = ?addrs.and_then(|a| a.1),
             duration_secs = session.created.elapsed().as_secs(),
