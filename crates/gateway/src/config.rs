@@ -1154,6 +1154,18 @@ dns = ["192.168.100.1", "192.168.100.53", "8.8.8.8", "fd00::1", "fd00::53", "0.0
     }
 
     #[test]
+    fn dtls_section_parses_and_switch_timeout_must_be_positive() {
+        let c = Config::from_toml_str("[dtls]\nenabled = false\nswitch_to_tcp_secs = 7\n").unwrap();
+        assert!(!c.dtls.enabled);
+        assert_eq!(c.dtls.switch_to_tcp_secs, 7);
+        assert_eq!(
+            invalid_fields("[dtls]\nswitch_to_tcp_secs = 0\n"),
+            vec!["dtls.switch_to_tcp_secs"]
+        );
+        assert!(Config::from_toml_str("[dtls]\nport = 443\n").is_err());
+    }
+
+    #[test]
     fn metrics_port_collision() {
         let fields = invalid_fields(
             "[server]\nlisten = \"0.0.0.0:9477\"\n[metrics]\nlisten = \"127.0.0.1:9477\"\n",

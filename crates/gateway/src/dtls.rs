@@ -26,7 +26,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, IoSliceMut, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,6 +81,9 @@ pub(crate) const RECV_BATCH: usize = 64;
 #[derive(Debug)]
 pub(crate) struct Inbound {
     peer: SocketAddr,
+    /// The local address it was sent to (IP_PKTINFO), so replies leave from the same address: the
+    /// client's UDP socket is connected (§7.5).
+    local: Option<IpAddr>,
     data: Bytes,
 }
 
@@ -242,7 +245,7 @@ impl DtlsServer {
 
     /// Sends the datagrams in `out` (their lengths in `lens`) to `peer`, as few `sendmsg` calls as
     /// GSO allows: a run of equal-sized datagrams (the last may be shorter) goes in one call.
-    async fn send(&self, peer: SocketAddr, out: &[u8], lens: &[usize]) {
+    async fn send(&self, peer: SocketAddr, local: Option<IpAddr>, out: &[u8], lens: &[usize]) {
         let max_segments = self.state.max_gso_segments().max(1);
         let mut off = 0;
         let mut i = 0;
@@ -269,7 +272,7 @@ impl DtlsServer {
                 ecn: None,
                 contents,
                 segment_size: (n > 1).then_some(size),
-                src_ip: None,
+                src_ip: local,
             };
             loop {
                 if let Err(e) = self.socket.writable().await {
@@ -328,6 +331,7 @@ impl Demux {
         &mut self,
         server: &DtlsServer,
         peer: SocketAddr,
+        local: Option<IpAddr>,
         d: &[u8],
         arena: &mut Arena,
     ) -> Result<(), DtlsDrop> {
@@ -344,10 +348,11 @@ impl Demux {
             match target {
                 Some(reg) => {
                     self.peers.remove(&peer);
-                    return self.bind(peer, reg, d, arena);
+                    return self.bind(peer, local, reg, d, arena);
                 }
                 None => match bound.tx.try_send(Inbound {
                     peer,
+                    local,
                     data: arena.copy(d),
                 }) {
                     Ok(()) => return Ok(()),
@@ -367,18 +372,20 @@ impl Demux {
             Err(_) => return Err(DtlsDrop::MalformedHello),
         };
         let reg = server.lookup(sid).ok_or(DtlsDrop::UnknownAppId)?;
-        self.bind(peer, reg, d, arena)
+        self.bind(peer, local, reg, d, arena)
     }
 
     fn bind(
         &mut self,
         peer: SocketAddr,
+        local: Option<IpAddr>,
         reg: Registration,
         d: &[u8],
         arena: &mut Arena,
     ) -> Result<(), DtlsDrop> {
         match reg.tx.try_send(Inbound {
             peer,
+            local,
             data: arena.copy(d),
         }) {
             Ok(()) => {
@@ -474,7 +481,7 @@ pub(crate) async fn run_demux(server: Arc<DtlsServer>, mut ctl: mpsc::UnboundedR
                     continue;
                 };
                 for d in data.chunks(m.stride.max(1)) {
-                    if let Err(reason) = demux.dispatch(&server, m.addr, d, &mut arena) {
+                    if let Err(reason) = demux.dispatch(&server, m.addr, m.dst_ip, d, &mut arena) {
                         if let Some(c) = drops.get_mut(reason.index()) {
                             *c += 1;
                         }
@@ -568,6 +575,8 @@ fn handle_retransmit(ssl: &SslRef) {
 /// One DTLS association with one peer address.
 struct Endpoint {
     peer: SocketAddr,
+    /// The gateway address the peer sends to; replies leave from it.
+    local: Option<IpAddr>,
     /// The `random` of the ClientHello that started it, to recognise late retransmits.
     hello_random: [u8; 32],
     stream: SslStream<Shim>,
@@ -691,13 +700,19 @@ impl DtlsLink {
         });
     }
 
-    fn new_endpoint(&self, peer: SocketAddr, d: &[u8]) -> Result<Endpoint, ErrorStack> {
+    fn new_endpoint(
+        &self,
+        peer: SocketAddr,
+        local: Option<IpAddr>,
+        d: &[u8],
+    ) -> Result<Endpoint, ErrorStack> {
         let mut ssl = Ssl::new(&self.server.ctx)?;
         ssl.set_ex_data(self.server.psk_index, self.psk);
         ssl.set_mtu(self.params.mtu)?;
         let stream = SslStream::new(ssl, Shim::default())?;
         Ok(Endpoint {
             peer,
+            local,
             hello_random: hello_random(d),
             stream,
         })
@@ -736,7 +751,7 @@ impl DtlsLink {
         now: Instant,
         up: &mut Vec<Bytes>,
     ) -> Option<LinkEvent> {
-        let Inbound { peer, data } = inb;
+        let Inbound { peer, local, data } = inb;
         let names_us = wire::client_hello_session_id(&data).is_ok_and(|sid| sid == self.app_id);
         if names_us {
             let random = hello_random(&data);
@@ -752,7 +767,7 @@ impl DtlsLink {
             // answer to a HelloVerifyRequest) and belongs to it; any other starts a new handshake.
             if self.pending.as_ref().is_none_or(|p| p.ep.peer != peer) {
                 self.fail_pending("replaced by a new ClientHello");
-                match self.new_endpoint(peer, &data) {
+                match self.new_endpoint(peer, local, &data) {
                     Ok(ep) => {
                         self.pending = Some(Pending {
                             ep,
@@ -938,10 +953,10 @@ impl DtlsLink {
         .into_iter()
         .flatten()
         {
-            let peer = ep.peer;
+            let (peer, local) = (ep.peer, ep.local);
             let shim = ep.stream.get_mut();
             if !shim.lens.is_empty() {
-                server.send(peer, &shim.out, &shim.lens).await;
+                server.send(peer, local, &shim.out, &shim.lens).await;
                 shim.out.clear();
                 shim.lens.clear();
             }
@@ -1052,7 +1067,7 @@ mod tests {
             (hello(&[]), DtlsDrop::UnknownAppId),
         ];
         for (i, (d, want)) in cases.iter().enumerate() {
-            let got = demux.dispatch(&srv, addr(1000 + i as u16), d, &mut arena);
+            let got = demux.dispatch(&srv, addr(1000 + i as u16), None, d, &mut arena);
             assert_eq!(got, Err(*want), "case {i}");
         }
         assert_eq!(demux.len(), 0, "no junk may bind a peer");
@@ -1069,13 +1084,13 @@ mod tests {
         let mut arena = Arena::default();
         let pa = addr(4000);
         demux
-            .dispatch(&srv, pa, &hello(&a.app_id()), &mut arena)
+            .dispatch(&srv, pa, None, &hello(&a.app_id()), &mut arena)
             .unwrap();
         let got = a.try_recv().unwrap();
         assert_eq!(got.peer, pa);
         // Application data from the bound peer now goes to the same session, not by App-ID.
         demux
-            .dispatch(&srv, pa, &[0x17, 0xfe, 0xfd, 0, 1, 2], &mut arena)
+            .dispatch(&srv, pa, None, &[0x17, 0xfe, 0xfd, 0, 1, 2], &mut arena)
             .unwrap();
         assert_eq!(
             &a.try_recv().unwrap().data[..],
@@ -1084,12 +1099,18 @@ mod tests {
         assert!(b.try_recv().is_none());
         // The same data from a second address is not matched by IP or anything else.
         assert_eq!(
-            demux.dispatch(&srv, addr(4001), &[0x17, 0xfe, 0xfd, 0, 1, 2], &mut arena),
+            demux.dispatch(
+                &srv,
+                addr(4001),
+                None,
+                &[0x17, 0xfe, 0xfd, 0, 1, 2],
+                &mut arena
+            ),
             Err(DtlsDrop::UnknownPeer)
         );
         // A new CONNECT's ClientHello from the same port moves the peer to the other session.
         demux
-            .dispatch(&srv, pa, &hello(&b.app_id()), &mut arena)
+            .dispatch(&srv, pa, None, &hello(&b.app_id()), &mut arena)
             .unwrap();
         assert_eq!(b.try_recv().unwrap().peer, pa);
         assert!(a.try_recv().is_none());
@@ -1103,7 +1124,7 @@ mod tests {
         let mut demux = Demux::default();
         let mut arena = Arena::default();
         demux
-            .dispatch(&srv, addr(5000), &hello(&app_id), &mut arena)
+            .dispatch(&srv, addr(5000), None, &hello(&app_id), &mut arena)
             .unwrap();
         assert_eq!(demux.len(), 1);
         // A Forget for another session changes nothing.
@@ -1118,19 +1139,19 @@ mod tests {
         assert!(ctl.try_recv().is_err());
         // ...and the closed queue unbinds the peer on its next datagram.
         assert_eq!(
-            demux.dispatch(&srv, addr(5000), &[0x17, 0xfe, 0xfd], &mut arena),
+            demux.dispatch(&srv, addr(5000), None, &[0x17, 0xfe, 0xfd], &mut arena),
             Err(DtlsDrop::UnknownPeer)
         );
         assert_eq!(demux.len(), 0);
         assert_eq!(
-            demux.dispatch(&srv, addr(5001), &hello(&app_id), &mut arena),
+            demux.dispatch(&srv, addr(5001), None, &hello(&app_id), &mut arena),
             Err(DtlsDrop::UnknownAppId),
             "an expired App-ID matches nothing"
         );
         // A peer of an ended session that never sends again is swept.
         let b = srv.register(2, [2; 32], params());
         demux
-            .dispatch(&srv, addr(5002), &hello(&b.app_id()), &mut arena)
+            .dispatch(&srv, addr(5002), None, &hello(&b.app_id()), &mut arena)
             .unwrap();
         demux.sweep();
         assert_eq!(demux.len(), 1, "a live session's peer stays");
@@ -1149,7 +1170,7 @@ mod tests {
         let h = hello(&app_id);
         let mut full = 0;
         for _ in 0..SESSION_QUEUE + 10 {
-            if demux.dispatch(&srv, addr(6000), &h, &mut arena) == Err(DtlsDrop::QueueFull) {
+            if demux.dispatch(&srv, addr(6000), None, &h, &mut arena) == Err(DtlsDrop::QueueFull) {
                 full += 1;
             }
         }
@@ -1164,6 +1185,7 @@ mod tests {
         let ev = a.on_datagram(
             Inbound {
                 peer: addr(7000),
+                local: None,
                 data: Bytes::from_static(&[0x17, 0xfe, 0xfd, 0, 1]),
             },
             Instant::now(),
@@ -1186,6 +1208,7 @@ mod tests {
         let ev = a.on_datagram(
             Inbound {
                 peer: addr(8000),
+                local: None,
                 data: Bytes::from(hello(&a.app_id())),
             },
             now,
