@@ -1199,6 +1199,353 @@ mod tests {
         ));
     }
 
+    /// An OpenSSL DTLS 1.2 PSK client standing in for openconnect: identity "psk", the PSK suites,
+    /// and a session whose id is the App-ID, so its ClientHello carries the App-ID in `session_id`
+    /// exactly as GnuTLS does (§7.3); the server's full handshake then replaces that "session".
+    struct Client {
+        stream: SslStream<Shim>,
+        peer: SocketAddr,
+    }
+
+    /// A DER `SSL_SESSION` (OpenSSL's ASN.1 form): version 1, DTLS 1.2, PSK-AES256-GCM-SHA384,
+    /// session id = `app_id`, a throwaway master key.
+    fn session_der(app_id: &[u8; 32]) -> Vec<u8> {
+        let mut inner = vec![
+            0x02, 0x01, 0x01, 0x02, 0x03, 0x00, 0xFE, 0xFD, 0x04, 0x02, 0x00, 0xA9,
+        ];
+        inner.extend_from_slice(&[0x04, 0x20]);
+        inner.extend_from_slice(app_id);
+        inner.extend_from_slice(&[0x04, 0x30]);
+        inner.extend_from_slice(&[0x5A; 48]);
+        let mut der = vec![0x30, u8::try_from(inner.len()).unwrap()];
+        der.extend_from_slice(&inner);
+        der
+    }
+
+    impl Client {
+        fn new(app_id: &[u8; 32], psk: [u8; 32], port: u16) -> Self {
+            use openssl::ssl::SslSession;
+            let mut b = SslContextBuilder::new(SslMethod::dtls()).unwrap();
+            b.set_min_proto_version(Some(SslVersion::DTLS1_2)).unwrap();
+            b.set_max_proto_version(Some(SslVersion::DTLS1_2)).unwrap();
+            b.set_cipher_list(CIPHERS).unwrap();
+            b.set_options(SslOptions::NO_QUERY_MTU | SslOptions::NO_TICKET);
+            b.set_psk_client_callback(move |_, _, identity, key| {
+                identity[..4].copy_from_slice(b"psk\0");
+                key[..32].copy_from_slice(&psk);
+                Ok(32)
+            });
+            let ctx = b.build();
+            let mut ssl = Ssl::new(&ctx).unwrap();
+            ssl.set_mtu(1400).unwrap();
+            let session = SslSession::from_der(&session_der(app_id)).unwrap();
+            // SAFETY: the session was made for this protocol and cipher list, and OpenSSL takes
+            // its own reference to it.
+            #[allow(unsafe_code)]
+            unsafe {
+                ssl.set_session(&session).unwrap();
+            }
+            ssl.set_connect_state();
+            Self {
+                stream: SslStream::new(ssl, Shim::default()).unwrap(),
+                peer: addr(port),
+            }
+        }
+
+        /// Datagrams the client has produced.
+        fn take(&mut self) -> Vec<Bytes> {
+            take_out(self.stream.get_mut())
+        }
+
+        /// Feeds one datagram from the gateway; returns decrypted application records.
+        fn feed(&mut self, d: Bytes) -> Vec<Vec<u8>> {
+            self.stream.get_mut().inbox = Some(d);
+            let mut records = Vec::new();
+            if !self.stream.ssl().is_init_finished() {
+                match self.stream.do_handshake() {
+                    Ok(()) => {}
+                    Err(e) if e.code() == ErrorCode::WANT_READ => return records,
+                    Err(e) => panic!("client handshake failed: {e}"),
+                }
+            }
+            let mut buf = vec![0u8; MAX_PLAINTEXT];
+            while let Ok(n) = self.stream.ssl_read(&mut buf) {
+                records.push(buf[..n].to_vec());
+            }
+            records
+        }
+
+        fn send(&mut self, record: &[u8]) -> Vec<Bytes> {
+            self.stream.ssl_write(record).unwrap();
+            self.take()
+        }
+    }
+
+    fn take_out(shim: &mut Shim) -> Vec<Bytes> {
+        let mut off = 0;
+        let out = shim
+            .lens
+            .iter()
+            .map(|&l| {
+                let d = Bytes::copy_from_slice(&shim.out[off..off + l]);
+                off += l;
+                d
+            })
+            .collect();
+        shim.out.clear();
+        shim.lens.clear();
+        out
+    }
+
+    /// What the link has produced for its peers (handshake flights, replies, data).
+    fn link_out(link: &mut DtlsLink) -> Vec<(SocketAddr, Bytes)> {
+        let mut v = Vec::new();
+        for ep in [
+            link.established.as_mut(),
+            link.pending.as_mut().map(|p| &mut p.ep),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let peer = ep.peer;
+            v.extend(take_out(ep.stream.get_mut()).into_iter().map(|d| (peer, d)));
+        }
+        v
+    }
+
+    /// Runs a handshake between `client` and `link` in memory; returns the link's last event.
+    fn handshake(client: &mut Client, link: &mut DtlsLink, now: Instant) -> Option<LinkEvent> {
+        let mut up = Vec::new();
+        let _ = client.stream.do_handshake();
+        let mut last = None;
+        for _ in 0..10 {
+            let to_gw = client.take();
+            if to_gw.is_empty() && client.stream.ssl().is_init_finished() {
+                break;
+            }
+            for d in to_gw {
+                let inb = Inbound {
+                    peer: client.peer,
+                    local: None,
+                    data: d,
+                };
+                if let Some(ev) = link.on_datagram(inb, now, &mut up) {
+                    last = Some(ev);
+                }
+            }
+            for (peer, d) in link_out(link) {
+                if peer == client.peer {
+                    client.feed(d);
+                }
+            }
+        }
+        last
+    }
+
+    #[tokio::test]
+    async fn in_memory_psk_handshake_then_probes_echo_and_data_flows_both_ways() {
+        let (srv, _ctl) = server().await;
+        let psk = [0x42; 32];
+        let mut link = srv.register(1, psk, params());
+        let mut client = Client::new(&link.app_id(), psk, 9000);
+        let now = Instant::now();
+        assert_eq!(
+            handshake(&mut client, &mut link, now),
+            Some(LinkEvent::Established { peer: addr(9000) })
+        );
+        assert!(client.stream.ssl().is_init_finished());
+        assert!(link.is_active());
+        assert_eq!(
+            client.stream.ssl().current_cipher().unwrap().name(),
+            "PSK-AES256-GCM-SHA384"
+        );
+        assert_eq!(client.stream.ssl().version_str(), "DTLSv1.2");
+
+        // An MTU probe is echoed byte for byte with its length (§7.7).
+        let mut probe = vec![0x03, 1, 2, 3, 4];
+        probe.resize(1401, 0);
+        let mut up = Vec::new();
+        for d in client.send(&probe) {
+            let inb = Inbound {
+                peer: addr(9000),
+                local: None,
+                data: d,
+            };
+            assert_eq!(link.on_datagram(inb, now, &mut up), None);
+        }
+        let replies: Vec<Vec<u8>> = link_out(&mut link)
+            .into_iter()
+            .flat_map(|(_, d)| client.feed(d))
+            .collect();
+        assert_eq!(replies.len(), 1);
+        assert_eq!(replies[0].len(), probe.len());
+        assert_eq!(replies[0][0], 0x04);
+        assert_eq!(&replies[0][1..], &probe[1..]);
+
+        // Upstream DATA comes out as the bare IP packet; keepalives produce nothing.
+        let pkt = [
+            0x45u8, 0, 0, 20, 9, 9, 9, 9, 64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1,
+        ];
+        let mut rec = vec![0x00];
+        rec.extend_from_slice(&pkt);
+        for d in client.send(&rec).into_iter().chain(client.send(&[0x07])) {
+            let inb = Inbound {
+                peer: addr(9000),
+                local: None,
+                data: d,
+            };
+            link.on_datagram(inb, now, &mut up);
+        }
+        assert_eq!(up.len(), 1);
+        assert_eq!(&up[0][..], &pkt[..]);
+        assert!(
+            link_out(&mut link).is_empty(),
+            "a keepalive is never answered"
+        );
+
+        // Downstream: a CSTP DATA frame from the data plane becomes one [0x00] + packet record.
+        let mut frame = Vec::new();
+        cstp::encode(cstp::FrameType::Data, &pkt, &mut frame).unwrap();
+        assert!(link.encrypt_frame(&frame));
+        let got: Vec<Vec<u8>> = link_out(&mut link)
+            .into_iter()
+            .flat_map(|(_, d)| client.feed(d))
+            .collect();
+        assert_eq!(got, vec![rec.clone()]);
+        // Anything but DATA is refused (it goes over CSTP).
+        let mut dpd = Vec::new();
+        cstp::encode(cstp::FrameType::DpdRequest, &[], &mut dpd).unwrap();
+        assert!(!link.encrypt_frame(&dpd));
+    }
+
+    #[tokio::test]
+    async fn a_wrong_psk_never_establishes() {
+        let (srv, _ctl) = server().await;
+        let mut link = srv.register(1, [0x42; 32], params());
+        let mut client = Client::new(&link.app_id(), [0x43; 32], 9100);
+        let now = Instant::now();
+        let ev = handshake(&mut client, &mut link, now);
+        assert_ne!(ev, Some(LinkEvent::Established { peer: addr(9100) }));
+        assert!(link.established.is_none() && !link.is_active());
+        if link.pending.is_some() {
+            assert_eq!(
+                link.handle_timeout(now + HANDSHAKE_TIMEOUT),
+                Some(LinkEvent::HandshakeFailed)
+            );
+        }
+        assert!(link.pending.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_new_handshake_replaces_the_channel_only_once_it_completes() {
+        let (srv, mut ctl) = server().await;
+        let psk = [0x42; 32];
+        let mut link = srv.register(1, psk, params());
+        let now = Instant::now();
+        let mut first = Client::new(&link.app_id(), psk, 9200);
+        handshake(&mut first, &mut link, now);
+        assert_eq!(link.established.as_ref().unwrap().peer, addr(9200));
+
+        // A ClientHello from another port (the client redoing DTLS, or someone who saw the
+        // App-ID): the old channel keeps carrying data meanwhile.
+        let mut second = Client::new(&link.app_id(), psk, 9201);
+        let _ = second.stream.do_handshake();
+        let mut up = Vec::new();
+        for d in second.take() {
+            let inb = Inbound {
+                peer: addr(9201),
+                local: None,
+                data: d,
+            };
+            link.on_datagram(inb, now, &mut up);
+        }
+        assert!(link.pending.is_some());
+        assert_eq!(link.established.as_ref().unwrap().peer, addr(9200));
+        let mut frame = Vec::new();
+        cstp::encode(cstp::FrameType::Data, &[0x45; 20], &mut frame).unwrap();
+        assert!(link.encrypt_frame(&frame));
+        let (to_first, to_second): (Vec<_>, Vec<_>) = link_out(&mut link)
+            .into_iter()
+            .partition(|(p, _)| *p == addr(9200));
+        assert_eq!(to_first.len(), 1, "data still goes to the established peer");
+        assert!(
+            !to_second.is_empty(),
+            "the new peer got a ServerHello flight"
+        );
+        // Application data from the handshaking peer is dropped and counted.
+        let stale0 = srv
+            .metrics
+            .dtls_drops
+            .with_label_values(&["stale_peer"])
+            .get();
+        let inb = Inbound {
+            peer: addr(9201),
+            local: None,
+            data: Bytes::from_static(&[0x17, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0]),
+        };
+        link.on_datagram(inb, now, &mut up);
+        assert_eq!(
+            srv.metrics
+                .dtls_drops
+                .with_label_values(&["stale_peer"])
+                .get(),
+            stale0 + 1
+        );
+
+        // Once the new handshake completes it takes over and the old peer is unbound.
+        for (_, d) in to_second {
+            second.feed(d);
+        }
+        assert_eq!(
+            handshake(&mut second, &mut link, now),
+            Some(LinkEvent::Established { peer: addr(9201) })
+        );
+        assert_eq!(link.established.as_ref().unwrap().peer, addr(9201));
+        let mut forgot = Vec::new();
+        while let Ok(Ctl::Forget { peer, .. }) = ctl.try_recv() {
+            forgot.push(peer);
+        }
+        assert!(
+            forgot.contains(&addr(9200)),
+            "old peer not unbound: {forgot:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn silence_and_cstp_data_move_downstream_to_cstp_until_the_next_record() {
+        let (srv, _ctl) = server().await;
+        let psk = [0x42; 32];
+        let mut link = srv.register(1, psk, params());
+        let mut client = Client::new(&link.app_id(), psk, 9300);
+        let now = Instant::now();
+        handshake(&mut client, &mut link, now);
+        assert!(link.is_active());
+        let switch = params().switch_after;
+        assert_eq!(link.poll_timeout(now), Some(now + switch));
+        link.handle_timeout(now + switch - Duration::from_millis(1));
+        assert!(link.is_active());
+        link.handle_timeout(now + switch);
+        assert!(!link.is_active(), "UDP silent for switch_to_tcp_secs");
+        assert_eq!(link.poll_timeout(now + switch), None);
+
+        let later = now + switch + Duration::from_secs(1);
+        let mut up = Vec::new();
+        for d in client.send(&[0x07]) {
+            let inb = Inbound {
+                peer: addr(9300),
+                local: None,
+                data: d,
+            };
+            link.on_datagram(inb, later, &mut up);
+        }
+        assert!(link.is_active(), "any valid record revives DTLS");
+        link.on_cstp_data();
+        assert!(
+            !link.is_active(),
+            "DATA over CSTP means the client lost DTLS"
+        );
+    }
+
     #[tokio::test]
     async fn a_hello_without_the_psk_never_establishes_and_times_out() {
         let (srv, _ctl) = server().await;
