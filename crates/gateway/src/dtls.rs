@@ -246,10 +246,10 @@ impl DtlsServer {
     /// Sends the datagrams in `out` (their lengths in `lens`) to `peer`, as few `sendmsg` calls as
     /// GSO allows: a run of equal-sized datagrams (the last may be shorter) goes in one call.
     async fn send(&self, peer: SocketAddr, local: Option<IpAddr>, out: &[u8], lens: &[usize]) {
-        let max_segments = self.state.max_gso_segments().max(1);
         let mut off = 0;
         let mut i = 0;
         while let Some(&size) = lens.get(i) {
+            let max_segments = self.state.max_gso_segments().max(1);
             let mut n = 1;
             let mut total = size;
             while n < max_segments {
@@ -274,7 +274,7 @@ impl DtlsServer {
                 segment_size: (n > 1).then_some(size),
                 src_ip: local,
             };
-            loop {
+            let sent = loop {
                 if let Err(e) = self.socket.writable().await {
                     tracing::warn!(error = %e, "UDP socket failed");
                     return;
@@ -282,13 +282,18 @@ impl DtlsServer {
                 match self.socket.try_io(Interest::WRITABLE, || {
                     self.state.try_send((&self.socket).into(), &t)
                 }) {
-                    Ok(()) => break,
+                    Ok(()) => break true,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "UDP send failed");
-                        break;
+                        break false;
                     }
                 }
+            };
+            // A device without GSO fails the batch once and quinn-udp turns GSO off: send the same
+            // datagrams again one by one instead of losing them.
+            if !sent && n > 1 && self.state.max_gso_segments() == 1 {
+                continue;
             }
             off += total;
             i += n;
