@@ -154,9 +154,14 @@ impl fmt::Display for Report {
         }
         write!(
             f,
-            "{} passed, {} warnings, {} failed, {} skipped",
+            "{} passed, {} warning{}, {} failed, {} skipped",
             self.count(Status::Pass),
             self.count(Status::Warn),
+            if self.count(Status::Warn) == 1 {
+                ""
+            } else {
+                "s"
+            },
             self.count(Status::Fail),
             self.count(Status::Skip)
         )
