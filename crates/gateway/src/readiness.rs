@@ -956,7 +956,9 @@ pub fn dns_matches(pattern: &str, name: &str) -> bool {
     if !wildcard_is_valid(p) {
         return false;
     }
-    let suffix = &p[1..]; // ".contoso.com"
+    let Some(suffix) = p.strip_prefix('*') else {
+        return false;
+    }; // ".contoso.com"
     n.strip_suffix(suffix)
         .is_some_and(|label| !label.is_empty() && !label.contains('.'))
 }

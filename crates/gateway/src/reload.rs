@@ -269,7 +269,9 @@ pub async fn reload(sh: &Arc<Shared>) -> Result<ReloadReport, ReloadError> {
                 .config_reloads
                 .with_label_values(&["failure"])
                 .inc();
-            tracing::error!(error = %e, "configuration reload refused; the running configuration is unchanged");
+            // One log line, whatever the number of problems.
+            let error = e.to_string().replace(":\n  ", ": ").replace("\n  ", "; ");
+            tracing::error!(%error, "configuration reload refused; the running configuration is unchanged");
         }
     }
     result
