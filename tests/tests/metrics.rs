@@ -27,24 +27,6 @@ fn promtool_passes(text: &str) -> Result<()> {
     Ok(())
 }
 
-/// `GET http://127.0.0.1:9477<path>` inside the gateway namespace: (status, body).
-fn admin_get(topo: &Topology, path: &str) -> Result<(u16, String)> {
-    let out = topo.run_in(
-        "gw",
-        &[
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-            "-w",
-            "\n%{http_code}",
-            &format!("http://127.0.0.1:9477{path}"),
-        ],
-    )?;
-    let (body, code) = out.stdout.rsplit_once('\n').context("curl output")?;
-    Ok((code.trim().parse()?, body.to_string()))
-}
-
 /// The JSON log lines whose `message` is `msg`.
 fn json_lines(gw: &Gateway, msg: &str) -> Vec<Value> {
     gw.log()
@@ -95,8 +77,8 @@ fn metrics_follow_sessions_and_traffic_and_pass_promtool() -> Result<()> {
             "{name}{labels:?} = {v:?} at rest, want {want}"
         );
     }
-    ensure!(admin_get(&topo, "/healthz")?.0 == 200, "/healthz");
-    ensure!(admin_get(&topo, "/readyz")?.0 == 200, "/readyz at rest");
+    ensure!(gw.admin_get("/healthz")?.status == 200, "/healthz");
+    ensure!(gw.admin_get("/readyz")?.status == 200, "/readyz at rest");
 
     // A wrong password is counted by reason.
     let bad = e2e::authenticate(&topo, &gw, "dev", "alice", "wrong")?;
@@ -221,18 +203,23 @@ fn metrics_follow_sessions_and_traffic_and_pass_promtool() -> Result<()> {
 fn readyz_is_503_while_the_tun_device_is_down() -> Result<()> {
     let topo = Topology::new().device("dev").gateway().build()?;
     let gw = Gateway::start(&topo, GatewayConfig::new())?;
+    let ready = gw.admin_get("/readyz")?;
     ensure!(
-        admin_get(&topo, "/readyz")? == (200, "ready\n".into()),
-        "ready at start"
+        ready.status == 200 && ready.body.trim() == "ready",
+        "ready at start: {} {:?}",
+        ready.status,
+        ready.body
     );
     topo.run_in("gw", &["ip", "link", "set", "tg0", "down"])?;
-    let (code, body) = admin_get(&topo, "/readyz")?;
+    let down = gw.admin_get("/readyz")?;
     ensure!(
-        code == 503 && body.contains("TUN device is down"),
-        "/readyz with tg0 down: {code} {body:?}"
+        down.status == 503 && down.body.contains("TUN device is down"),
+        "/readyz with tg0 down: {} {:?}",
+        down.status,
+        down.body
     );
     ensure!(
-        admin_get(&topo, "/healthz")?.0 == 200,
+        gw.admin_get("/healthz")?.status == 200,
         "/healthz stays 200: the process is alive"
     );
     let status = gw.tunnelctl_json(&["status"])?;
@@ -242,7 +229,7 @@ fn readyz_is_503_while_the_tun_device_is_down() -> Result<()> {
     );
     topo.run_in("gw", &["ip", "link", "set", "tg0", "up"])?;
     ensure!(
-        admin_get(&topo, "/readyz")?.0 == 200,
+        gw.admin_get("/readyz")?.status == 200,
         "ready again after ip link set up"
     );
     Ok(())
