@@ -258,6 +258,14 @@ pub(crate) fn disconnect(socket: &Path, args: &DisconnectArgs) -> Result<()> {
     Ok(())
 }
 
+/// An IPv4 address as is; an IPv6 key as the /64 it stands for.
+fn source(addr: IpAddr) -> String {
+    match addr {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("{a}/64"),
+    }
+}
+
 fn ban_state(e: &BanEntry) -> String {
     if !e.banned {
         return "-".to_owned();
@@ -285,7 +293,7 @@ pub(crate) fn ban(socket: &Path, cmd: BanCommand) -> Result<()> {
                 .to_vec()];
             for e in &list {
                 rows.push(vec![
-                    e.address.to_string(),
+                    source(e.address),
                     ban_state(e),
                     e.score.to_string(),
                     e.unauthenticated.to_string(),
@@ -296,7 +304,7 @@ pub(crate) fn ban(socket: &Path, cmd: BanCommand) -> Result<()> {
         BanCommand::Add { address, secs } => {
             let e: Option<BanEntry> = call(socket, &Request::BanAdd { address, secs })?;
             match e {
-                Some(e) => println!("{}: {}", e.address, ban_state(&e)),
+                Some(e) => println!("{}: {}", source(e.address), ban_state(&e)),
                 None => println!("{address}: banned"),
             }
         }
