@@ -346,7 +346,7 @@ impl Sessions {
             target: "access",
             session = session.id,
             user = %session.user,
-            peer = %session.peer,
+            login_peer = %session.peer,
             ipv4 = %addrs.map_or_else(|| "-".to_owned(), |a| a.0.to_string()),
             ipv6 = %addrs.and_then(|a| a.1).map_or_else(|| "-".to_owned(), |a| a.to_string()),
             duration_secs = session.created.elapsed().as_secs(),
