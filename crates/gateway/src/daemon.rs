@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,11 +14,15 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
 use crate::acceptors::{self, AcceptorError, Acceptors};
+use crate::ban::Bans;
 use crate::config::Config;
+use crate::control::{self, ControlError};
 use crate::dataplane::{self, TunParams};
 use crate::egress::{self, EgressError, Nat};
+use crate::health::{Direction, Health};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
+use crate::reload::{CertInfo, ReloadState};
 use crate::server::{self, Shared};
 use crate::sessions::{EndReason, Sessions};
 use crate::table::SessionTable;
@@ -48,6 +53,9 @@ pub enum StartError {
     /// The acceptor threads (`server.acceptor_threads`) could not start.
     #[error(transparent)]
     Acceptors(#[from] AcceptorError),
+    /// The control socket could not be set up.
+    #[error(transparent)]
+    Control(#[from] ControlError),
     /// A listening socket could not be bound.
     #[error("cannot listen on {addr} ({field}): {source}")]
     Bind {
@@ -85,11 +93,23 @@ pub struct Gateway {
     _nat: Option<Nat>,
     acceptors: Option<Acceptors>,
     listen: SocketAddr,
+    control_socket: Option<PathBuf>,
 }
 
 impl Gateway {
-    /// Starts everything. Must be called inside a tokio runtime.
+    /// Starts everything. Must be called inside a tokio runtime. Reloads re-read the certificate
+    /// and users file only; see [`Self::start_from`].
     pub async fn start(config: Config) -> Result<Self, StartError> {
+        Self::start_from(config, None).await
+    }
+
+    /// Starts everything from `config`, which was read from `config_path` (the file that SIGHUP
+    /// and `tunnelctl reload` re-read; `None` for embedded defaults). Must be called inside a
+    /// tokio runtime.
+    pub async fn start_from(
+        config: Config,
+        config_path: Option<PathBuf>,
+    ) -> Result<Self, StartError> {
         let cert = tls::load_certificate(&config)?;
         tracing::info!(subject = %cert.subject, not_after = %cert.not_after, pin = %cert.pin_sha256, "certificate loaded");
         let acceptor = TlsAcceptor::from(tls::server_config(&cert, config.tls.min_version)?);
@@ -138,6 +158,26 @@ impl Gateway {
             .listen
             .map(|a| bind(a, "metrics.listen", 128))
             .transpose()?;
+        let control_listener = config
+            .control
+            .socket
+            .as_deref()
+            .map(control::bind)
+            .transpose()?;
+
+        let dtls = if config.dtls.enabled {
+            let (server, ctl) =
+                crate::dtls::DtlsServer::bind(config.server.listen, metrics.clone())
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        field: "server.listen (UDP, for [dtls])",
+                        addr: config.server.listen,
+                        source,
+                    })?;
+            Some((server, ctl))
+        } else {
+            None
+        };
 
         let (tun_tx, tun_rx) = mpsc::channel(4096);
         let shared = Arc::new(Shared {
@@ -152,24 +192,34 @@ impl Gateway {
             tun_tx,
             started: Instant::now(),
             pin: cert.pin_sha256.clone(),
+            dtls: dtls.as_ref().map(|(server, _)| Arc::clone(server)),
+            bans: Bans::new(metrics.clone()),
+            health: Health::new(Some(tun.clone())),
+            reload: ReloadState::new(config_path, CertInfo::from(&cert)),
         });
 
         let mut tasks = Vec::new();
+        shared.health.set_dataplane(Direction::Down, true);
+        shared.health.set_dataplane(Direction::Up, true);
         let down = tokio::spawn({
             let (tun, table, metrics) = (tun.clone(), Arc::clone(&table), metrics.clone());
+            let sh = Arc::clone(&shared);
             async move {
                 if let Err(e) = dataplane::run_downstream(tun, table, metrics).await {
                     tracing::error!(error = %e, "TUN reader stopped");
                 }
+                sh.health.set_dataplane(Direction::Down, false);
             }
         });
         tasks.push(down);
         tasks.push(tokio::spawn({
             let metrics = metrics.clone();
+            let sh = Arc::clone(&shared);
             async move {
                 if let Err(e) = dataplane::run_upstream(tun, tun_rx, metrics).await {
                     tracing::error!(error = %e, "TUN writer stopped");
                 }
+                sh.health.set_dataplane(Direction::Up, false);
             }
         }));
         let acceptors = match listener {
@@ -183,12 +233,19 @@ impl Gateway {
                 &shared,
             )?),
         };
+        if let Some((server, ctl)) = dtls {
+            tasks.push(tokio::spawn(crate::dtls::run_demux(server, ctl)));
+        }
         if let Some(admin) = admin {
             tracing::info!(listen = ?config.metrics.listen, "metrics listening");
             tasks.push(tokio::spawn(crate::admin::serve(
                 admin,
                 Arc::clone(&shared),
             )));
+        }
+        if let (Some(l), Some(path)) = (control_listener, config.control.socket.clone()) {
+            tracing::info!(socket = %path.display(), "control socket listening");
+            tasks.push(tokio::spawn(control::serve(l, path, Arc::clone(&shared))));
         }
         tasks.push(tokio::spawn(reaper(Arc::clone(&shared))));
         tracing::info!(listen = %config.server.listen, pool = %net.ipv4_pool, ipv6_pool = ?net.ipv6_pool, "gateway listening");
@@ -198,6 +255,7 @@ impl Gateway {
             _nat: nat,
             acceptors,
             listen: config.server.listen,
+            control_socket: config.control.socket.clone(),
         })
     }
 
@@ -229,6 +287,9 @@ impl Gateway {
         if let Some(a) = self.acceptors.as_mut() {
             a.stop();
         }
+        if let Some(p) = &self.control_socket {
+            let _ = std::fs::remove_file(p);
+        }
         tracing::info!("stopped");
     }
 }
@@ -244,5 +305,6 @@ async fn reaper(sh: Arc<Shared>) {
         let session = (cfg.timers.session_timeout_secs > 0)
             .then(|| Duration::from_secs(u64::from(cfg.timers.session_timeout_secs)));
         sh.sessions.reap(Instant::now(), cookie, session);
+        sh.bans.sweep(&cfg.ban, Instant::now());
     }
 }

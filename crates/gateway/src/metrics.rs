@@ -20,14 +20,18 @@ pub enum DropReason {
     QueueFull,
     /// Downstream packet for an address with no live session.
     NoSession,
+    /// Upstream IPv6 packet from the client's link-local or unspecified address (router
+    /// solicitations, MLD): harmless, not forwarded.
+    LinkLocal,
 }
 
 impl DropReason {
-    const ALL: [Self; 4] = [
+    const ALL: [Self; 5] = [
         Self::SpoofedSource,
         Self::Malformed,
         Self::QueueFull,
         Self::NoSession,
+        Self::LinkLocal,
     ];
 
     /// The label value.
@@ -37,7 +41,60 @@ impl DropReason {
             Self::Malformed => "malformed",
             Self::QueueFull => "queue_full",
             Self::NoSession => "no_session",
+            Self::LinkLocal => "link_local",
         }
+    }
+}
+
+/// Why a UDP datagram was dropped before or instead of reaching a DTLS session. The `reason` label
+/// of `tunneld_dtls_datagrams_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DtlsDrop {
+    /// From an address bound to no session, and not a ClientHello.
+    UnknownPeer,
+    /// A ClientHello that is truncated, fragmented or otherwise inconsistent.
+    MalformedHello,
+    /// A well-formed ClientHello whose session_id names no live App-ID (unknown, expired, or not
+    /// 32 bytes).
+    UnknownAppId,
+    /// The session's inbound datagram queue was full.
+    QueueFull,
+    /// Reached its session from an address that is neither its DTLS peer nor its handshake in
+    /// progress, or application data from a peer whose handshake has not completed.
+    StalePeer,
+    /// Not accepted by the session's DTLS state (bad record, alert, unexpected type).
+    BadRecord,
+}
+
+impl DtlsDrop {
+    /// How many reasons there are.
+    pub(crate) const COUNT: usize = 6;
+    /// Every reason, in [`Self::index`] order.
+    pub(crate) const ALL: [Self; Self::COUNT] = [
+        Self::UnknownPeer,
+        Self::MalformedHello,
+        Self::UnknownAppId,
+        Self::QueueFull,
+        Self::StalePeer,
+        Self::BadRecord,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnknownPeer => "unknown_peer",
+            Self::MalformedHello => "malformed_hello",
+            Self::UnknownAppId => "unknown_app_id",
+            Self::QueueFull => "queue_full",
+            Self::StalePeer => "stale_peer",
+            Self::BadRecord => "bad_record",
+        }
+    }
+
+    /// Position in [`Self::ALL`].
+    pub(crate) fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -73,7 +130,28 @@ pub struct Metrics {
     pub setup_seconds: Histogram,
     /// Build information (`version` label), always 1.
     pub build_info: IntGaugeVec,
-    drop_handles: [IntCounter; 4],
+    /// DTLS handshakes, by `result` (`ok`, `failed`).
+    pub dtls_handshakes: IntCounterVec,
+    /// UDP datagrams dropped, by reason (see [`DtlsDrop`]).
+    pub dtls_drops: IntCounterVec,
+    /// IP packets carried over DTLS, by direction (a subset of `tunneld_packets_total`).
+    pub dtls_packets: IntCounterVec,
+    /// IP bytes carried over DTLS, by direction (a subset of `tunneld_bytes_total`).
+    pub dtls_bytes: IntCounterVec,
+    /// Seconds from TCP accept to a completed TLS handshake.
+    pub tls_handshake_seconds: Histogram,
+    /// Connections closed at TCP accept, by reason (`banned`, `unauthenticated_limit`).
+    pub connections_refused: IntCounterVec,
+    /// Connections that have not reached a tunnel yet (TLS handshake, login, CONNECT).
+    pub unauthenticated_connections: IntGauge,
+    /// Source addresses banned now.
+    pub bans_active: IntGauge,
+    /// Bans imposed, by origin (`automatic`: failure score; `manual`: `tunnelctl ban add`).
+    pub bans: IntCounterVec,
+    /// Configuration reloads, by result (`success`, `failure`).
+    pub config_reloads: IntCounterVec,
+    drop_handles: [IntCounter; 5],
+    dtls_drop_handles: [IntCounter; DtlsDrop::COUNT],
     up_packets: IntCounter,
     up_bytes: IntCounter,
     down_packets: IntCounter,
@@ -174,10 +252,81 @@ impl Metrics {
             .register(Box::new(setup_seconds.clone()))
             .expect("unique metric name");
         let build_info = gauge_vec("tunneld_build_info", "Build information.", &["version"]);
+        let tls_handshake_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "tunneld_tls_handshake_seconds",
+                "Seconds from TCP accept to a completed TLS handshake.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(tls_handshake_seconds.clone()))
+            .expect("unique metric name");
+        let connections_refused = counter_vec(
+            "tunneld_connections_refused_total",
+            "Connections closed at TCP accept, by reason.",
+            &["reason"],
+        );
+        let unauthenticated_connections = gauge(
+            "tunneld_unauthenticated_connections",
+            "Connections that have not reached a tunnel yet.",
+        );
+        let bans_active = gauge("tunneld_bans_active", "Source addresses banned now.");
+        let bans = counter_vec(
+            "tunneld_bans_total",
+            "Bans imposed, by origin.",
+            &["origin"],
+        );
+        let config_reloads = counter_vec(
+            "tunneld_config_reloads_total",
+            "Configuration reloads, by result.",
+            &["result"],
+        );
+        for reason in ["banned", "unauthenticated_limit"] {
+            connections_refused.with_label_values(&[reason]);
+        }
+        for origin in ["automatic", "manual"] {
+            bans.with_label_values(&[origin]);
+        }
+        for result in ["success", "failure"] {
+            config_reloads.with_label_values(&[result]);
+        }
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         sessions_active.with_label_values(&["cstp"]).set(0);
+        sessions_active.with_label_values(&["dtls"]).set(0);
+        let dtls_handshakes = counter_vec(
+            "tunneld_dtls_handshakes_total",
+            "DTLS handshakes, by result.",
+            &["result"],
+        );
+        for r in ["ok", "failed"] {
+            dtls_handshakes.with_label_values(&[r]);
+        }
+        let dtls_drops = counter_vec(
+            "tunneld_dtls_datagrams_dropped_total",
+            "UDP datagrams dropped, by reason.",
+            &["reason"],
+        );
+        let dtls_drop_handles = DtlsDrop::ALL.map(|r| dtls_drops.with_label_values(&[r.as_str()]));
+        let dtls_packets = counter_vec(
+            "tunneld_dtls_packets_total",
+            "IP packets carried over DTLS, by direction.",
+            &["direction"],
+        );
+        let dtls_bytes = counter_vec(
+            "tunneld_dtls_bytes_total",
+            "IP bytes carried over DTLS, by direction.",
+            &["direction"],
+        );
+        for d in ["up", "down"] {
+            dtls_packets.with_label_values(&[d]);
+            dtls_bytes.with_label_values(&[d]);
+        }
         let drop_handles = DropReason::ALL.map(|r| drops.with_label_values(&[r.as_str()]));
         let up_packets = packets.with_label_values(&["up"]);
         let down_packets = packets.with_label_values(&["down"]);
@@ -199,7 +348,18 @@ impl Metrics {
             http_rejects,
             setup_seconds,
             build_info,
+            dtls_handshakes,
+            dtls_drops,
+            dtls_packets,
+            dtls_bytes,
+            tls_handshake_seconds,
+            connections_refused,
+            unauthenticated_connections,
+            bans_active,
+            bans,
+            config_reloads,
             drop_handles,
+            dtls_drop_handles,
             up_packets,
             up_bytes,
             down_packets,
@@ -221,6 +381,14 @@ impl Metrics {
             .position(|r| *r == reason)
             .unwrap_or(0);
         if let (Some(c), true) = (self.drop_handles.get(i), n > 0) {
+            c.inc_by(n);
+        }
+    }
+
+    /// Counts `n` UDP datagrams dropped for `reason`.
+    #[inline]
+    pub fn dtls_drop(&self, reason: DtlsDrop, n: u64) {
+        if let (Some(c), true) = (self.dtls_drop_handles.get(reason.index()), n > 0) {
             c.inc_by(n);
         }
     }

@@ -10,6 +10,7 @@ pub mod auth_xml;
 pub mod connect;
 pub mod connect_client;
 pub mod cstp;
+pub mod dtls;
 pub mod http;
 pub mod http_client;
 pub mod mtu;

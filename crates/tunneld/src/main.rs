@@ -109,8 +109,9 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let listen = config.server.listen;
-        let gw = Gateway::start(config).await?;
+        let gw = Gateway::start_from(config, args.config.clone()).await?;
         let pin = gw.shared().pin.clone();
+        tokio::spawn(reload_on_sighup(std::sync::Arc::clone(gw.shared())));
         println!(
             "tunneld listening on {listen}; connect with:\n  openconnect --servercert {pin} https://<this-host>:{}/",
             listen.port()
@@ -118,6 +119,19 @@ fn main() -> anyhow::Result<()> {
         gw.run_until(shutdown_signal(), Duration::from_secs(args.drain_secs)).await;
         Ok(())
     })
+}
+
+/// Reloads the configuration on every SIGHUP (the outcome is logged by the reload itself).
+async fn reload_on_sighup(shared: std::sync::Arc<tunnel_gateway::server::Shared>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; reload with `tunnelctl reload`");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the configuration");
+        let _ = tunnel_gateway::reload::reload(&shared).await;
+    }
 }
 
 async fn shutdown_signal() {
