@@ -8,6 +8,7 @@
 #
 # Environment (defaults in brackets):
 #   REPS [3]          repetitions of each harness scenario per server (a fresh server each time)
+#   USERS [1000]      users in the shared users file; sessions spread over them
 #   N_IDLE [1000]     sessions for the connect scenario (setup rate, memory per idle session)
 #   CONC [64]         setups in flight at once
 #   N_TPUT [100]      sessions pushing in the throughput scenario; TPUT_SECS [10] its duration
@@ -49,6 +50,7 @@ GW_ADDR=198.18.1.1
 CORP_ADDR=198.18.2.10
 POOL=198.19.0.0/16
 SOURCES=198.18.1.10-198.18.1.17
+USERS="${USERS:-1000}"
 USER_NAME=bench
 PASSWORD=bench-pw
 SERVER_PID=""
@@ -106,8 +108,12 @@ make_credentials() {
     openssl ecparam -name prime256v1 -genkey -noout -out "$OUT/key.pem" 2>/dev/null
     openssl req -new -x509 -key "$OUT/key.pem" -out "$OUT/cert.pem" -days 30 -subj "/CN=$GW_ADDR" 2>/dev/null
     PIN="pin-sha256:$(openssl x509 -in "$OUT/cert.pem" -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64)"
-    # One users file for both servers, in ocpasswd's format (user:group:crypt hash, SHA-512 crypt).
-    printf '%s::%s\n' "$USER_NAME" "$(openssl passwd -6 -salt anchorsalt "$PASSWORD")" > "$OUT/users"
+    # One users file for both servers, in ocpasswd's format (user:group:crypt hash, SHA-512 crypt):
+    # USERS users bench0.. (one hash, same password); sessions are spread over them, as devices of
+    # many users would be (ocserv remembers a returning address per user, not per session).
+    local hash
+    hash="$(openssl passwd -6 -salt anchorsalt "$PASSWORD")"
+    seq 0 $((USERS - 1)) | sed "s|^|$USER_NAME|; s|\$|::$hash|" > "$OUT/users"
 }
 
 write_tunneld_config() {
@@ -233,7 +239,7 @@ bench() {
     shift 3
     log "$server $tag: tunnel-bench $scenario $*"
     TUNNEL_BENCH_PASSWORD="$PASSWORD" in_ns "$DEV" "$BENCH" "$scenario" \
-        --server "$GW_ADDR:443" --pin "$PIN" --user "$USER_NAME" --target "$CORP_ADDR" \
+        --server "$GW_ADDR:443" --pin "$PIN" --user "$USER_NAME" --user-count "$USERS" --target "$CORP_ADDR" \
         --source "$SOURCES" --server-pid "$SERVER_PID" --label "$server" --quiet \
         --json "$OUT/$server-$tag.json" "$@" | tee -a "$LOG"
 }
@@ -252,7 +258,7 @@ openconnect_run() {
     in_ns "$DEV" ip route del 198.18.2.0/24 via "$GW_ADDR"
     log "$server: openconnect + iperf3"
     echo "$PASSWORD" | E2E_ENV_DIR="$envdir" ip netns exec "$DEV" openconnect --protocol=anyconnect \
-        --user "$USER_NAME" --passwd-on-stdin --non-inter --no-dtls --servercert "$PIN" \
+        --user "${USER_NAME}0" --passwd-on-stdin --non-inter --no-dtls --servercert "$PIN" \
         --script "$ROOT/tests/scripts/record-env.sh" "https://$GW_ADDR/" >"$OUT/$server-openconnect.log" 2>&1 &
     local oc=$!
     local i
@@ -294,7 +300,7 @@ else
     echo "kernel: $(uname -r)"
     echo "ocserv: $(ocserv --version 2>&1 | head -1)"
     echo "openconnect: $(openconnect --version 2>&1 | head -1)"
-    echo "params: REPS=$REPS N_IDLE=$N_IDLE CONC=$CONC N_TPUT=$N_TPUT TPUT_SECS=$TPUT_SECS N_STORM=$N_STORM SCALE=\"$SCALE\" SCALE_MT=\"$SCALE_MT\" IPERF_SECS=$IPERF_SECS"
+    echo "params: USERS=$USERS REPS=$REPS N_IDLE=$N_IDLE CONC=$CONC N_TPUT=$N_TPUT TPUT_SECS=$TPUT_SECS N_STORM=$N_STORM SCALE=\"$SCALE\" SCALE_MT=\"$SCALE_MT\" IPERF_SECS=$IPERF_SECS"
 } > "$OUT/machine.txt"
 fi
 

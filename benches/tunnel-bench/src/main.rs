@@ -75,6 +75,9 @@ enum Scenario {
         /// Bound reconnects in flight by --concurrency (default: all at once).
         #[arg(long)]
         bounded: bool,
+        /// Wait this long between the drop and the reconnect, milliseconds.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
     },
     /// Print one reading of a server's memory and CPU (it and its descendants) as JSON.
     Sample {
@@ -114,6 +117,10 @@ struct Common {
     /// Username.
     #[arg(long, short)]
     user: String,
+    /// Spread sessions over this many users: session i logs in as <user><i % count> (all with
+    /// the same password). 0: every session logs in as --user.
+    #[arg(long, default_value_t = 0)]
+    user_count: u32,
     /// Password.
     #[arg(long, env = "TUNNEL_BENCH_PASSWORD", hide_env_values = true)]
     password: String,
@@ -241,7 +248,16 @@ fn main() -> Result<()> {
             common,
             mode,
             bounded,
-        } => (common, Some(Action::Storm { mode, bounded }), "storm"),
+            delay_ms,
+        } => (
+            common,
+            Some(Action::Storm {
+                mode,
+                bounded,
+                delay_ms,
+            }),
+            "storm",
+        ),
     };
     if common.pin.is_none() && !common.insecure {
         bail!("give --pin pin-sha256:... (the server certificate's key) or --insecure");

@@ -102,6 +102,7 @@ pub(crate) fn run(
             server: c.server,
             pin: c.pin.clone(),
             user: c.user.clone(),
+            user_count: c.user_count,
             password: c.password.clone(),
             group: c.group.clone(),
             first_session: *first,

@@ -22,6 +22,8 @@ pub(crate) struct WorkerSpec {
     pub(crate) pin: Option<String>,
     /// Username.
     pub(crate) user: String,
+    /// With `user_count` > 0, session `i` logs in as `<user><i % user_count>` (same password).
+    pub(crate) user_count: u32,
     /// Password.
     pub(crate) password: String,
     /// Group to pick, if offered.
@@ -86,6 +88,8 @@ pub(crate) enum Action {
         mode: StormMode,
         /// Bound reconnects in flight by the connect concurrency (false: all at once).
         bounded: bool,
+        /// Wait between the drop and the reconnect, milliseconds (a device noticing its loss).
+        delay_ms: u64,
     },
     /// Log out every session and exit.
     End,

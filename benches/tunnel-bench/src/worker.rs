@@ -89,6 +89,15 @@ impl Ctx {
             .flatten()
     }
 
+    /// The credentials of session `idx` (its own user with `--user-count`).
+    fn creds(&self, idx: u32) -> Credentials {
+        let mut c = self.creds.clone();
+        if self.spec.user_count > 0 {
+            c.username = format!("{}{}", self.spec.user, idx % self.spec.user_count);
+        }
+        c
+    }
+
     fn probe_kind(&self, idx: u32) -> ProbeKind {
         match self.spec.udp_port {
             Some(port) => ProbeKind::Udp {
@@ -286,7 +295,7 @@ async fn session(
         let Ok(_permit) = sem.acquire().await else {
             return;
         };
-        tunnel_client::connect(&ctx.ep, &ctx.creds, source).await
+        tunnel_client::connect(&ctx.ep, &ctx.creds(idx), source).await
     };
     let est = match setup {
         Ok(e) => e,
@@ -318,9 +327,13 @@ async fn session(
                     s.hold(*secs, 0).await
                 }
             }
-            Action::Storm { mode, bounded } => {
+            Action::Storm {
+                mode,
+                bounded,
+                delay_ms,
+            } => {
                 let sem = bounded.then(|| Arc::clone(&sem));
-                s.storm(*mode, sem).await
+                s.storm(*mode, sem, Duration::from_millis(*delay_ms)).await
             }
             Action::End => s.end().await,
         };
@@ -648,7 +661,12 @@ impl Live {
         self.take_report()
     }
 
-    async fn storm(&mut self, mode: StormMode, sem: Option<Arc<Semaphore>>) -> SessionReport {
+    async fn storm(
+        &mut self,
+        mode: StormMode,
+        sem: Option<Arc<Semaphore>>,
+        delay: Duration,
+    ) -> SessionReport {
         let Some(tunnel) = self.tunnel.take() else {
             return self.take_report();
         };
@@ -657,6 +675,7 @@ impl Live {
         let up = match mode {
             StormMode::Cookie => {
                 tunnel.abort();
+                tokio::time::sleep(delay).await;
                 let _permit = match &sem {
                     Some(s) => s.acquire().await.ok(),
                     None => None,
@@ -668,11 +687,12 @@ impl Live {
                     self.die(&e);
                     return self.take_report();
                 }
+                tokio::time::sleep(delay).await;
                 let _permit = match &sem {
                     Some(s) => s.acquire().await.ok(),
                     None => None,
                 };
-                tunnel_client::connect(&self.ctx.ep, &self.ctx.creds, self.source).await
+                tunnel_client::connect(&self.ctx.ep, &self.ctx.creds(self.idx), self.source).await
             }
         };
         match up {
