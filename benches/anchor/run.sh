@@ -18,6 +18,8 @@
 #   SKIP_COMPARE [0]  1: skip the side-by-side part (add scale runs to an existing OUT)
 #   IPERF_SECS [10]   openconnect + iperf3 duration per direction
 #   OUT [target/anchor/<time>]  where the JSON results and logs go
+#   PERF [1]          profile tunneld (perf, system-wide) during a connect of 4 x N_IDLE sessions:
+#                     where its setup CPU goes (perf-setup.txt); skipped when perf is missing
 #   MICRO [1]         also run the criterion micro-benchmarks (short measurement) into micro.txt
 #   WRITE_DOCS [1]    regenerate docs/benchmarks.md from the results
 #
@@ -41,6 +43,7 @@ IPERF_SECS="${IPERF_SECS:-10}"
 OUT="${OUT:-$ROOT/target/anchor/$(date -u +%Y%m%dT%H%M%SZ)}"
 WRITE_DOCS="${WRITE_DOCS:-1}"
 MICRO="${MICRO:-1}"
+PERF="${PERF:-1}"
 
 ID="tba$$"
 DEV="$ID-dev"
@@ -290,7 +293,7 @@ make_credentials
 write_tunneld_config 0
 write_ocserv_config
 if [ "$SKIP_COMPARE" = 1 ]; then
-    echo "params (added run): SCALE=\"$SCALE\" SCALE_MT=\"$SCALE_MT\"" >> "$OUT/machine.txt"
+    echo "params (added run): SKIP_COMPARE=1 SCALE=\"$SCALE\" SCALE_MT=\"$SCALE_MT\" PERF=$PERF MICRO=$MICRO" >> "$OUT/machine.txt"
 else
 {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -332,6 +335,26 @@ for n in $SCALE_MT; do
     stop_server
     write_tunneld_config 0
 done
+
+if [ "$PERF" = 1 ] && command -v perf >/dev/null; then
+    # System-wide, so the blocking-pool threads that verify passwords (started after any attach)
+    # are sampled too; the report keeps tunneld's threads (comm tokio-rt-worker) only.
+    start_server tunneld
+    perf record -F 999 -a -o "$OUT/perf.data" -- sleep 8 >/dev/null 2>&1 &
+    perf_pid=$!
+    bench tunneld "perf" connect -n $((4 * N_IDLE)) -c "$CONC" --per-process 8000 >/dev/null
+    wait "$perf_pid" || true
+    stop_server
+    perf report -i "$OUT/perf.data" --no-children --sort comm,dso,symbol --comm tokio-rt-worker --stdio 2>/dev/null |
+        grep -E '^ +[0-9]' | awk '{s=$1; sub("%","",s); t+=s;
+            if ($0 ~ /sha2::sha512|sha_crypt|digest::/) h+=s;
+            else if ($0 ~ /ring_core|fiat|x25519|nistz|fe4_|fe_loose/) c+=s;
+            else if ($0 ~ /\[k\]/) k+=s;
+            else if ($0 ~ /libc/) l+=s }
+            END { if (t > 0) printf "{\"password_hash\": %.1f, \"tls_crypto\": %.1f, \"kernel\": %.1f, \"libc\": %.1f, \"other\": %.1f}\n",
+                100*h/t, 100*c/t, 100*k/t, 100*l/t, 100*(t-h-c-k-l)/t }' > "$OUT/perf-setup.json"
+    rm -f "$OUT/perf.data"
+fi
 
 if [ "$MICRO" = 1 ]; then
     log "criterion micro-benchmarks"
