@@ -9,6 +9,7 @@ pub mod egress;
 pub mod metrics;
 pub mod packet;
 pub mod pool;
+pub mod privdrop;
 pub mod server;
 pub mod sessions;
 pub mod table;
