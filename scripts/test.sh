@@ -24,6 +24,10 @@ packages=(
   "openssl:openssl"
   "python3:python3"
   "procps:sysctl"
+  "podman:podman"
+  "runc:runc"
+  "shellcheck:shellcheck"
+  "systemd:systemd-analyze"
 )
 
 install_missing() {

@@ -1,0 +1,241 @@
+//! The container image (deploy/Containerfile, built by deploy/build-image.sh with Podman): what is in
+//! it, and tunneld run from it with `podman run` serving a real openconnect.
+//!
+//! The image is built from the debug binaries the other end-to-end tests use (scripts/test.sh builds
+//! them anyway; a release build would add minutes of CI on two cores for the same code). The script
+//! strips their debug information, as it does for release binaries. Each test builds into a Podman
+//! storage of its own (see `e2e::container`), removed afterwards.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use e2e::container::Podman;
+use e2e::privileges::check_dropped;
+use e2e::process;
+use e2e::{Client, ClientOpts, Gateway, GatewayConfig, Launcher, Topology, CORP_ADDR};
+
+const TAG: &str = "localhost/tunneld-e2e:test";
+/// The `tunneld` user of the image (deploy/build-image.sh).
+const TUNNELD_ID: u32 = 65532;
+
+fn build(podman: &Podman) -> Result<()> {
+    let started = Instant::now();
+    let out = podman.build_image(TAG)?;
+    eprintln!(
+        "image built in {:.1} s:\n{}",
+        started.elapsed().as_secs_f64(),
+        out.stdout.lines().last().unwrap_or("")
+    );
+    Ok(())
+}
+
+/// One of our hard limits from /proc/self/limits (`"Max open files"`, `"Max processes"`).
+fn hard_limit(name: &str) -> Result<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits")?;
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no {name:?} limit in /proc/self/limits"))
+}
+
+/// `--ulimit` flags for open files and processes. Rootful Podman asks for 1048576 of each unless
+/// told otherwise, which fails where root lacks CAP_SYS_RESOURCE (as on this CI machine): a
+/// container cannot get more than the podman process has. Podman caps its own process limit at
+/// kernel.pid_max, hence the minimum.
+fn ulimits() -> Result<[String; 2]> {
+    let nofile = hard_limit("Max open files")?;
+    let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")?
+        .trim()
+        .parse()?;
+    let nproc = hard_limit("Max processes")?.min(pid_max);
+    Ok([
+        format!("--ulimit=nofile={nofile}:{nofile}"),
+        format!("--ulimit=nproc={nproc}:{nproc}"),
+    ])
+}
+
+#[test]
+fn image_holds_only_the_binaries_their_libraries_and_the_user_files() -> Result<()> {
+    let podman = Podman::new()?;
+    build(&podman)?;
+
+    let entrypoint = podman.inspect_image(TAG, "{{json .Config.Entrypoint}}")?;
+    ensure!(
+        entrypoint == r#"["/usr/bin/tunneld"]"#,
+        "entrypoint {entrypoint}"
+    );
+    let user = podman.inspect_image(TAG, "{{.Config.User}}")?;
+    ensure!(
+        user == "0:0",
+        "image user {user:?}: tunneld starts as root and drops itself"
+    );
+    let env = podman.inspect_image(TAG, "{{json .Config.Env}}")?;
+    for want in [
+        "TUNNELD_USER=tunneld",
+        "TUNNELD_CONFIG=/etc/tunneld/tunneld.toml",
+    ] {
+        ensure!(env.contains(want), "image env {env} lacks {want}");
+    }
+    let volumes = podman.inspect_image(TAG, "{{json .Config.Volumes}}")?;
+    ensure!(volumes.contains("/var/lib/tunneld"), "volumes {volumes}");
+    let size: u64 = podman.inspect_image(TAG, "{{.Size}}")?.parse()?;
+    eprintln!(
+        "image size: {size} bytes ({:.1} MiB)",
+        size as f64 / 1048576.0
+    );
+
+    let image = podman.export_image(TAG)?;
+    eprintln!("image contents:\n  {}", image.entries.join("\n  "));
+    let files = image.files();
+    for want in [
+        "usr/bin/tunneld",
+        "usr/bin/tunnelctl",
+        "etc/passwd",
+        "etc/group",
+    ] {
+        ensure!(files.contains(&want), "{want} missing from the image");
+    }
+    // Everything else is a shared library: no shell, no other program.
+    let others: Vec<&&str> = files
+        .iter()
+        .filter(|f| {
+            let expected = matches!(
+                **f,
+                "usr/bin/tunneld" | "usr/bin/tunnelctl" | "etc/passwd" | "etc/group"
+            );
+            let library = f.ends_with(".so") || f.contains(".so.");
+            !expected && !library
+        })
+        .collect();
+    ensure!(
+        others.is_empty(),
+        "files that are neither the binaries, the user files nor libraries: {others:?}"
+    );
+    for lib in [
+        "libc.so.6",
+        "libssl.so.3",
+        "libcrypto.so.3",
+        "ld-linux-x86-64.so.2",
+    ] {
+        ensure!(
+            files.iter().any(|f| f.ends_with(lib)),
+            "{lib} missing from the image"
+        );
+    }
+    ensure!(
+        !image
+            .entries
+            .iter()
+            .any(|e| e.starts_with("bin") || e.starts_with("usr/bin/sh") || e.starts_with("sbin")),
+        "a shell or /bin found"
+    );
+    let passwd = image.read("etc/passwd")?;
+    ensure!(
+        passwd
+            .lines()
+            .any(|l| l.starts_with(&format!("tunneld:x:{TUNNELD_ID}:{TUNNELD_ID}:"))),
+        "/etc/passwd: {passwd}"
+    );
+    let group = image.read("etc/group")?;
+    ensure!(
+        group
+            .lines()
+            .any(|l| l == format!("tunneld:x:{TUNNELD_ID}:")),
+        "/etc/group: {group}"
+    );
+
+    // Both binaries run from the image (libraries and loader complete), and there is no shell.
+    let [nofile, nproc] = ulimits()?;
+    let run = ["run", "--rm", "--network", "none", &nofile, &nproc];
+    let version = podman.run(&[&run[..], &[TAG, "--version"][..]].concat())?;
+    ensure!(
+        version.stdout.starts_with("tunneld "),
+        "tunneld --version: {version}"
+    );
+    let ctl = podman.run(
+        &[
+            &run[..],
+            &["--entrypoint", "/usr/bin/tunnelctl", TAG, "--version"][..],
+        ]
+        .concat(),
+    )?;
+    ensure!(
+        ctl.stdout.starts_with("tunnelctl "),
+        "tunnelctl --version: {ctl}"
+    );
+    let mut sh = podman.command();
+    sh.args(&run[..])
+        .args(["--entrypoint", "/bin/sh", TAG, "-c", "true"]);
+    let sh = process::run(&mut sh, None, Duration::from_secs(60))?;
+    ensure!(!sh.success(), "/bin/sh ran in the image: {sh}");
+    Ok(())
+}
+
+#[test]
+fn tunneld_from_the_image_serves_openconnect_as_the_unprivileged_tunneld_user() -> Result<()> {
+    let podman = Podman::new()?;
+    build(&podman)?;
+    let topo = Topology::standard()?;
+    let name = format!("tunneld-e2e-{}", std::process::id());
+    let limits = ulimits()?;
+    let env = podman.env_vars();
+    let container = name.clone();
+    // The flags of deploy/systemd/tunneld.service, with the test's gateway namespace instead of the
+    // host network, and the daemon's directory as /etc/tunneld.
+    let launcher = Launcher::new(move |info| {
+        let mut cmd = Command::new("podman");
+        cmd.envs(env.clone())
+            .args(["run", "--rm", "--name", &container])
+            .arg(format!("--network=ns:/run/netns/{}", info.gw_ns))
+            .args(["--device", "/dev/net/tun"])
+            .args(["--cap-drop", "ALL"])
+            .args(["--cap-add", "NET_ADMIN", "--cap-add", "NET_BIND_SERVICE"])
+            .args([
+                "--cap-add",
+                "SETUID",
+                "--cap-add",
+                "SETGID",
+                "--cap-add",
+                "SETPCAP",
+            ])
+            .args(["--security-opt", "no-new-privileges"])
+            .args(&limits)
+            .args(["--env", "RUST_LOG", "--env", "NO_COLOR"])
+            .arg(format!("--volume={}:/etc/tunneld:ro", info.dir.display()))
+            .arg(format!(
+                "--volume={}:/var/lib/tunneld",
+                info.dir.join("state").display()
+            ))
+            .arg(TAG)
+            .args(info.args);
+        cmd
+    });
+    let mut gw = Gateway::start(
+        &topo,
+        GatewayConfig::new()
+            .user("alice", "alice-pw")
+            .set("server.state_dir", "/var/lib/tunneld")
+            .set("auth.users_file", "/etc/tunneld/users")
+            .daemon_arg("--drain-secs")
+            .daemon_arg("1")
+            .launcher(launcher),
+    )?;
+    gw.wait_for_log(&["dropped privileges"], Duration::from_secs(10))?;
+    let pid = podman.container_pid(&name)?;
+    eprintln!(
+        "container process {pid}:\n{}",
+        check_dropped(pid, TUNNELD_ID, TUNNELD_ID)?
+    );
+
+    let client = Client::connect(&topo, &gw, ClientOpts::password("alice", "alice-pw"))?;
+    client.ping(&topo, CORP_ADDR, 3)?;
+
+    // `podman stop` sends the image's STOPSIGNAL (SIGTERM): the daemon drains and exits 0.
+    podman.run(&["stop", "--time", "15", &name])?;
+    let code = gw.wait_exit(Duration::from_secs(30))?;
+    ensure!(code == Some(0), "podman run exited with {code:?}");
+    Ok(())
+}
