@@ -179,10 +179,14 @@ is_cidr4() {
   [[ "$1" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}(/[0-9]{1,2})?$ ]]
 }
 
-# A TOML string value `key = "v"` or list `key = ["a", "b"]` from the configuration, one per line.
+# config_values SECTION KEY FILE: a string `key = "v"` or one-line list `key = ["a", "b"]` of
+# [SECTION] in the configuration, one value per line (nothing when unset).
 config_values() {
-  sed -n "s/^[[:space:]]*$1[[:space:]]*=[[:space:]]*//p" "$2" | head -n 1 |
-    tr -d '[]"' | tr ',' '\n' | sed 's/^[[:space:]]*//; s/[[:space:]]*$//' | grep -v '^$' || true
+  awk -v want="[$1]" -v key="$2" '
+    /^[[:space:]]*\[/ { gsub(/[[:space:]]/, ""); section = $0; next }
+    section == want && $0 ~ "^[[:space:]]*" key "[[:space:]]*=" { sub(/^[^=]*=[[:space:]]*/, ""); print; exit }
+  ' "$3" | sed 's/[[:space:]]*#.*$//' | tr -d '[]"' | tr ',' '\n' |
+    sed 's/^[[:space:]]*//; s/[[:space:]]*$//' | grep -v '^$' || true
 }
 
 pem_pin() { # pem_pin CERT.pem
@@ -243,11 +247,11 @@ check_certificate() {
 # the gateway's TUN device) or with the container engine's bridge networks.
 check_networks() {
   local cfg="$1" tun pools=() routes=() r p other dev bridges=()
-  tun="$(config_values tun_name "$cfg")"
+  tun="$(config_values network tun_name "$cfg")"
   tun="${tun:-tunneld0}"
-  mapfile -t pools < <(config_values ipv4_pool "$cfg")
+  mapfile -t pools < <(config_values network ipv4_pool "$cfg")
   [ "${#pools[@]}" -gt 0 ] || pools=(192.168.100.0/24)
-  mapfile -t routes < <(config_values split_include "$cfg")
+  mapfile -t routes < <(config_values network split_include "$cfg")
   if ! command -v ip >/dev/null 2>&1; then
     check networks WARN "iproute2 (ip) not installed: cannot compare the pool with the host's routes"
     return
@@ -341,7 +345,7 @@ readiness() {
       check systemd FAIL "systemd is not running here; start the container by hand (docs/operations.md)"
     fi
     local port
-    port="$(config_values listen "$cfg" | head -n 1)"
+    port="$(config_values server listen "$cfg" | head -n 1)"
     port="${port##*:}"
     port="${port:-443}"
     if command -v ss >/dev/null 2>&1 && ss -Hltn "sport = :$port" | grep -q .; then
@@ -516,12 +520,12 @@ do_install() {
   local installed_cfg="$root$cfg_dest"
   [ -f "$installed_cfg" ] || installed_cfg="$cfg_tmp"
   local listen health_path host port
-  listen="$(config_values listen "$installed_cfg" | head -n 1)"
+  listen="$(config_values server listen "$installed_cfg" | head -n 1)"
   listen="${listen:-0.0.0.0:443}"
   port="${listen##*:}"
-  health_path="$(config_values health_path "$installed_cfg" | head -n 1)"
+  health_path="$(config_values server health_path "$installed_cfg" | head -n 1)"
   health_path="${health_path:-/health}"
-  host="$(config_values server_name "$installed_cfg" | head -n 1)"
+  host="$(config_values server server_name "$installed_cfg" | head -n 1)"
   host="${host:-$(hostname -f 2>/dev/null || hostname)}"
 
   if [ "$start" = 1 ]; then

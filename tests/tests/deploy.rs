@@ -293,6 +293,36 @@ fn readiness_checks_refuse_a_pool_that_collides_with_a_host_route() -> Result<()
         "{out}"
     );
     ensure!(tree(root.path())? == before, "files were written");
+    // The same from an operator's configuration file, where the pool is in [network].
+    let cfg = root.path().join("../").join(format!(
+        "{}-tunneld.toml",
+        root.path()
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+    ));
+    fs::write(
+        &cfg,
+        "[server]\nlisten = \"0.0.0.0:443\"\n[metrics]\nlisten = \"127.0.0.1:9477\"\n\
+         [network]\nipv4_pool = \"198.18.1.128/25\" # a comment\n",
+    )?;
+    let out = install(
+        &[
+            "--root",
+            &r,
+            "--no-start",
+            "--config",
+            &cfg.display().to_string(),
+        ],
+        Some(&gw),
+    );
+    fs::remove_file(&cfg)?;
+    let out = out?;
+    ensure!(
+        !out.success() && out.stdout.contains("client pool 198.18.1.128/25 overlaps"),
+        "a colliding pool in --config was accepted:\n{out}"
+    );
+    ensure!(tree(root.path())? == before, "files were written");
     // A pool elsewhere passes in the same namespace.
     install(
         &["--root", &r, "--no-start", "--pool", "198.18.64.0/24"],
