@@ -60,9 +60,18 @@ install_missing
 echo "test.sh: building all binaries (tunneld and tunnelctl are what the end-to-end tests run)"
 cargo build --workspace --bins
 
+# Both phases always run, so a failing unit test does not hide the end-to-end results; the exit
+# status is non-zero if either failed.
+status=0
+
 echo "test.sh: unit and integration tests of the crates"
-cargo test --workspace --exclude e2e
+cargo test --no-fail-fast --workspace --exclude e2e || status=1
 
 echo "test.sh: end-to-end tests (network namespaces, openconnect, TUN)"
 # anyhow errors of failed e2e tests carry the daemon/client log; skip their stack backtraces.
-RUST_LIB_BACKTRACE="${RUST_LIB_BACKTRACE:-0}" cargo test -p e2e -- --test-threads="${E2E_THREADS:-1}"
+RUST_LIB_BACKTRACE="${RUST_LIB_BACKTRACE:-0}" cargo test --no-fail-fast -p e2e -- --test-threads="${E2E_THREADS:-1}" || status=1
+
+if [ "$status" -ne 0 ]; then
+  echo "test.sh: FAILED (see the test output above)" >&2
+fi
+exit "$status"

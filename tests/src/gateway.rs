@@ -461,6 +461,41 @@ impl Gateway {
             .collect()
     }
 
+    /// `GET <path>` on the plain-HTTP metrics listener (`/metrics`, `/healthz`, `/readyz`), with curl
+    /// inside the gateway namespace.
+    pub fn admin_get(&self, path: &str) -> Result<HttpReply> {
+        let listen = self
+            .config
+            .get_str("metrics.listen")
+            .unwrap_or("127.0.0.1:9477");
+        let url = format!("http://{listen}{path}");
+        let out = process::run(
+            Command::new("ip").args([
+                "netns",
+                "exec",
+                &self.gw_ns,
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                "-w",
+                "\n%{http_code}",
+                &url,
+            ]),
+            None,
+            Duration::from_secs(10),
+        )?;
+        let (body, code) = out
+            .stdout
+            .rsplit_once('\n')
+            .unwrap_or(("", out.stdout.as_str()));
+        Ok(HttpReply {
+            status: code.trim().parse().unwrap_or(0),
+            body: body.to_string(),
+            detail: format!("curl exit {:?}: {}", out.code, out.stderr.trim()),
+        })
+    }
+
     /// The Prometheus text from the metrics listener, fetched with curl inside the gateway namespace.
     pub fn metrics(&self) -> Result<String> {
         let listen = self

@@ -65,7 +65,8 @@ fn plain_get_of_root_from_a_browser_gets_the_health_page() -> Result<()> {
 }
 
 #[test]
-fn health_answers_503_while_draining_after_sigterm_then_daemon_exits_0() -> Result<()> {
+fn drain_after_sigterm_answers_503_to_probes_and_logins_tells_clients_to_go_and_exits_0(
+) -> Result<()> {
     const DRAIN_SECS: u64 = 4;
     let topo = Topology::standard()?;
     let cfg = GatewayConfig::new()
@@ -75,6 +76,13 @@ fn health_answers_503_while_draining_after_sigterm_then_daemon_exits_0() -> Resu
     let mut gw = Gateway::start(&topo, cfg)?;
     let mut client = Client::connect(&topo, &gw, ClientOpts::password(USER, PASSWORD))?;
     let before = gw.https_get(&topo, topo.first_device(), "/health")?;
+    let ready = gw.admin_get("/readyz")?;
+    ensure!(
+        ready.status == 200,
+        "/readyz before drain: {} ({})",
+        ready.status,
+        ready.detail
+    );
     ensure!(
         before.status == 200,
         "before drain: {} ({})",
@@ -91,6 +99,24 @@ fn health_answers_503_while_draining_after_sigterm_then_daemon_exits_0() -> Resu
         "GET /health {asked_after:?} after SIGTERM (drain {DRAIN_SECS} s): {} ({})",
         during.status,
         during.detail
+    );
+    let ready = gw.admin_get("/readyz")?;
+    ensure!(
+        ready.status == 503,
+        "/readyz while draining: {} ({})",
+        ready.status,
+        ready.detail
+    );
+    // New logins are refused while draining.
+    let late = e2e::raw::run(&topo, &gw, topo.first_device(), USER, PASSWORD, &["login"])?;
+    ensure!(
+        late.code == Some(2) && late.result["status"].as_u64() == Some(503),
+        "a login while draining should get 503: {}",
+        late.output
+    );
+    ensure!(
+        sent.elapsed() < Duration::from_secs(DRAIN_SECS),
+        "the drain checks took longer than the drain window; raise DRAIN_SECS"
     );
     // Connected clients are told to leave (DISCONNECT), so openconnect exits instead of reconnecting.
     let code = client.wait_exit(Duration::from_secs(DRAIN_SECS + 10))?;

@@ -58,7 +58,8 @@ fn tls11_is_refused() -> Result<()> {
     let topo = Topology::standard()?;
     let gw = Gateway::start(&topo, GatewayConfig::new())?;
     // OpenSSL 3 only offers TLS 1.1 at security level 0; prove this client really can speak it by
-    // completing a TLS 1.1 handshake with a local openssl s_server first.
+    // completing a TLS 1.1 handshake with a local openssl s_server first (-www: it must not read
+    // stdin, which is closed, or it quits at once).
     let ctl = certs::self_signed(topo.dir(), "control", KeyKind::Rsa)?;
     let (cert, key) = (
         ctl.cert.display().to_string(),
@@ -70,6 +71,7 @@ fn tls11_is_refused() -> Result<()> {
         &[
             "openssl",
             "s_server",
+            "-www",
             "-accept",
             "127.0.0.1:4433",
             "-cert",
@@ -99,6 +101,11 @@ fn tls11_is_refused() -> Result<()> {
     ensure!(
         !out.success() && negotiated(&out).is_none(),
         "TLS 1.1 was accepted: {out}"
+    );
+    // The refusal must come from the server (a TLS alert), not from this client's own settings.
+    ensure!(
+        out.stderr.contains("alert") && !out.stderr.contains("no protocols available"),
+        "TLS 1.1 should be refused by the server with an alert: {out}"
     );
     Ok(())
 }

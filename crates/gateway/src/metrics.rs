@@ -20,14 +20,18 @@ pub enum DropReason {
     QueueFull,
     /// Downstream packet for an address with no live session.
     NoSession,
+    /// Upstream IPv6 packet from the client's link-local or unspecified address (router
+    /// solicitations, MLD): harmless, not forwarded.
+    LinkLocal,
 }
 
 impl DropReason {
-    const ALL: [Self; 4] = [
+    const ALL: [Self; 5] = [
         Self::SpoofedSource,
         Self::Malformed,
         Self::QueueFull,
         Self::NoSession,
+        Self::LinkLocal,
     ];
 
     /// The label value.
@@ -37,6 +41,7 @@ impl DropReason {
             Self::Malformed => "malformed",
             Self::QueueFull => "queue_full",
             Self::NoSession => "no_session",
+            Self::LinkLocal => "link_local",
         }
     }
 }
@@ -73,7 +78,7 @@ pub struct Metrics {
     pub setup_seconds: Histogram,
     /// Build information (`version` label), always 1.
     pub build_info: IntGaugeVec,
-    drop_handles: [IntCounter; 4],
+    drop_handles: [IntCounter; 5],
     up_packets: IntCounter,
     up_bytes: IntCounter,
     down_packets: IntCounter,

@@ -38,7 +38,13 @@ pub fn check_upstream(pkt: &[u8], own: &OwnAddrs) -> Result<(), DropReason> {
             if usize::from(h.payload_length()) + 40 != pkt.len() {
                 return Err(DropReason::Malformed);
             }
-            if Some(h.source_addr()) != own.v6 {
+            let src = h.source_addr();
+            if Some(src) != own.v6 {
+                // A client's own IPv6 stack sends router solicitations and MLD reports from its
+                // link-local or unspecified address; they are not spoofing, and go nowhere.
+                if src.is_unspecified() || src.is_unicast_link_local() {
+                    return Err(DropReason::LinkLocal);
+                }
                 return Err(DropReason::SpoofedSource);
             }
             Ok(())
@@ -110,6 +116,14 @@ mod tests {
             check_upstream(&v6_udp(OWN.v6.unwrap(), "fd01::1".parse().unwrap()), &no_v6),
             Err(DropReason::SpoofedSource)
         );
+    }
+
+    #[test]
+    fn link_local_ipv6_sources_are_not_counted_as_spoofing() {
+        let ll = v6_udp("fe80::1".parse().unwrap(), "ff02::2".parse().unwrap());
+        assert_eq!(check_upstream(&ll, &OWN), Err(DropReason::LinkLocal));
+        let unspec = v6_udp(Ipv6Addr::UNSPECIFIED, "ff02::16".parse().unwrap());
+        assert_eq!(check_upstream(&unspec, &OWN), Err(DropReason::LinkLocal));
     }
 
     #[test]
