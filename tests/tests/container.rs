@@ -6,6 +6,7 @@
 //! strips their debug information, as it does for release binaries. Each test builds into a Podman
 //! storage of its own (see `e2e::container`), removed afterwards.
 
+use std::io::Write as _;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -82,10 +83,6 @@ fn image_holds_only_the_binaries_their_libraries_and_the_user_files() -> Result<
     let volumes = podman.inspect_image(TAG, "{{json .Config.Volumes}}")?;
     ensure!(volumes.contains("/var/lib/tunneld"), "volumes {volumes}");
     let size: u64 = podman.inspect_image(TAG, "{{.Size}}")?.parse()?;
-    eprintln!(
-        "image size: {size} bytes ({:.1} MiB)",
-        size as f64 / 1048576.0
-    );
 
     let image = podman.export_image(TAG)?;
     eprintln!("image contents:\n  {}", image.entries.join("\n  "));
@@ -166,6 +163,13 @@ fn image_holds_only_the_binaries_their_libraries_and_the_user_files() -> Result<
         ctl.stdout.starts_with("tunnelctl "),
         "tunnelctl --version: {ctl}"
     );
+    // Straight to stderr, past the test harness's output capture, so CI logs show it on success.
+    writeln!(
+        std::io::stderr(),
+        "container image {TAG}: {size} bytes ({:.1} MiB), {} files, user {user} (drops to tunneld), entrypoint {entrypoint}",
+        size as f64 / 1048576.0,
+        files.len()
+    )?;
     let mut sh = podman.command();
     sh.args(&run[..])
         .args(["--entrypoint", "/bin/sh", TAG, "-c", "true"]);
