@@ -527,6 +527,9 @@ do_install() {
   health_path="${health_path:-/health}"
   host="$(config_values server server_name "$installed_cfg" | head -n 1)"
   host="${host:-$(hostname -f 2>/dev/null || hostname)}"
+  # Where this host reaches the listener: loopback for a wildcard address.
+  local probe="${listen%:*}"
+  case "$probe" in 0.0.0.0 | "[::]" | "") probe=127.0.0.1 ;; esac
 
   if [ "$start" = 1 ]; then
     say "enabling forwarding and kernel modules"
@@ -547,7 +550,7 @@ do_install() {
     if command -v curl >/dev/null 2>&1; then
       local i
       for ((i = 0; i < 60; i++)); do
-        curl -ksf --max-time 2 "https://127.0.0.1:$port$health_path" >/dev/null && break
+        curl -ksf --max-time 2 "https://$probe:$port$health_path" >/dev/null && break
         sleep 1
       done
       [ "$i" -lt 60 ] || warn "no health answer after 60 s: see journalctl -u tunneld"
@@ -571,7 +574,7 @@ do_install() {
   else
     echo "Client pin:  printed by the daemon at start (journalctl -u tunneld | grep pin-sha256)"
   fi
-  echo "Add a user:  $engine run --rm -it -v /etc/tunneld:/etc/tunneld --entrypoint /usr/bin/tunnelctl $image user add NAME --users-file /etc/tunneld/users"
+  echo "Add a user:  $engine run --rm -it -v /etc/tunneld:/etc/tunneld:z --entrypoint /usr/bin/tunnelctl $image user add NAME --users-file /etc/tunneld/users"
 }
 
 if [ "$uninstall" = 1 ]; then

@@ -208,9 +208,9 @@ fn tunneld_from_the_image_serves_openconnect_as_the_unprivileged_tunneld_user() 
             .args(["--security-opt", "no-new-privileges"])
             .args(&limits)
             .args(["--env", "RUST_LOG", "--env", "NO_COLOR"])
-            .arg(format!("--volume={}:/etc/tunneld:ro", info.dir.display()))
+            .arg(format!("--volume={}:/etc/tunneld:ro,z", info.dir.display()))
             .arg(format!(
-                "--volume={}:/var/lib/tunneld",
+                "--volume={}:/var/lib/tunneld:Z",
                 info.dir.join("state").display()
             ))
             .arg(TAG)

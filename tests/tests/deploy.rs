@@ -426,7 +426,7 @@ fn the_quadlet_unit_uses_only_keys_podman_4_4_knows() -> Result<()> {
         "AddDevice=/dev/net/tun",
         "DropCapability=all",
         "AddCapability=NET_ADMIN NET_BIND_SERVICE SETUID SETGID SETPCAP",
-        "Volume=/etc/tunneld:/etc/tunneld:ro,Z",
+        "Volume=/etc/tunneld:/etc/tunneld:ro,z",
     ] {
         ensure!(seen.contains(want), "{want} missing from the Quadlet unit");
     }
