@@ -22,6 +22,8 @@
 #   --config FILE               install this tunneld.toml instead of generating one
 #   --pool CIDR                 IPv4 client pool of a generated configuration (default 192.168.100.0/24)
 #   --server-name NAME          host name clients use (generated configuration, health URL)
+#   --tunnelctl PATH            run `tunnelctl readiness` (the full host and certificate checks) with
+#                               this binary; default: tunnelctl on PATH, if any
 #   --image NAME                container image (default localhost/tunneld:latest)
 #   --image-archive FILE        load the image from this archive (`podman save`/`docker save`) first
 #   --engine podman|docker      default: podman if installed, else docker
@@ -44,6 +46,7 @@ cert="" key="" pfx="" pfx_pass="" config=""
 pool="192.168.100.0/24" server_name=""
 image="localhost/tunneld:latest" image_archive=""
 engine="" unit="" engine_path=""
+tunnelctl=""
 cfg_tmp=""
 start=1 uninstall=0 keep_config=0
 
@@ -63,6 +66,7 @@ while [ $# -gt 0 ]; do
     --config) config="${2:?--config needs a file}"; shift 2 ;;
     --pool) pool="${2:?--pool needs a CIDR}"; shift 2 ;;
     --server-name) server_name="${2:?--server-name needs a name}"; shift 2 ;;
+    --tunnelctl) tunnelctl="${2:?--tunnelctl needs a path}"; shift 2 ;;
     --image) image="${2:?--image needs a name}"; shift 2 ;;
     --image-archive) image_archive="${2:?--image-archive needs a file}"; shift 2 ;;
     --engine) engine="${2:?--engine needs podman or docker}"; shift 2 ;;
@@ -360,8 +364,47 @@ readiness() {
   fi
   check_certificate
   check_networks "$cfg"
+  tunnelctl_readiness "$cfg"
   if [ "$failures" -gt 0 ]; then
     die "$failures readiness check(s) failed; nothing was changed"
+  fi
+}
+
+# `tunnelctl readiness` on the configuration, with its paths as this host sees them before the
+# install: the certificate files given on the command line, everything else under the root.
+tunnelctl_readiness() {
+  local cfg="$1" host_cfg out fails
+  if [ -z "$tunnelctl" ]; then
+    tunnelctl="$(command -v tunnelctl 2>/dev/null || true)"
+  fi
+  if [ -z "$tunnelctl" ]; then
+    check "tunnelctl readiness" WARN "tunnelctl not found on this host: only the checks above ran (--tunnelctl PATH for the full set)"
+    return
+  fi
+  [ -x "$tunnelctl" ] || die "--tunnelctl $tunnelctl is not executable"
+  host_cfg="$(mktemp)"
+  sed -e "s|\"/etc/tunneld/server-cert.pem\"|\"${cert:-$root/etc/tunneld/server-cert.pem}\"|" \
+    -e "s|\"/etc/tunneld/server-key.pem\"|\"${key:-$root/etc/tunneld/server-key.pem}\"|" \
+    -e "s|\"/etc/tunneld/server.pfx\"|\"${pfx:-$root/etc/tunneld/server.pfx}\"|" \
+    -e "s|\"/etc/tunneld/server.pfx.pass\"|\"${pfx_pass:-$root/etc/tunneld/server.pfx.pass}\"|" \
+    -e "s|\"/etc/tunneld/|\"$root/etc/tunneld/|g" \
+    -e "s|\"/var/lib/tunneld|\"$root/var/lib/tunneld|g" \
+    "$cfg" >"$host_cfg"
+  out="$("$tunnelctl" readiness --config "$host_cfg" --container-runtime 2>&1 || true)"
+  rm -f "$host_cfg"
+  local line
+  while IFS= read -r line; do printf '         %s\n' "$line"; done <<<"$out"
+  # Its listen checks fail while tunneld itself holds the ports (a re-run of this script).
+  fails="$(grep -E '^FAIL' <<<"$out" || true)"
+  if [ "$start" = 1 ] && [ "$(systemctl is-active tunneld.service 2>/dev/null)" = active ]; then
+    fails="$(grep -vE '^FAIL +listen\.' <<<"$fails" || true)"
+  fi
+  if [ -n "$fails" ]; then
+    check "tunnelctl readiness" FAIL "$(grep -c . <<<"$fails") check(s) failed (above)"
+  elif grep -qE '[0-9]+ passed' <<<"$out"; then
+    check "tunnelctl readiness" OK "$(grep -E '[0-9]+ passed' <<<"$out" | tail -n 1)"
+  else
+    check "tunnelctl readiness" FAIL "$tunnelctl readiness gave no result: $out"
   fi
 }
 

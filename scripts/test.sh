@@ -24,6 +24,8 @@ packages=(
   "openssl:openssl"
   "python3:python3"
   "procps:sysctl"
+  "prometheus:promtool"
+  "util-linux:setpriv"
   "podman:podman"
   "runc:runc"
   "shellcheck:shellcheck"

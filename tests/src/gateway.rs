@@ -324,6 +324,14 @@ impl Gateway {
         if config.get_str("auth.users_file").is_none() {
             config = config.set("auth.users_file", users_path.display().to_string());
         }
+        // Every daemon gets its own control socket: tests (and other engineers' runs) never share
+        // /run/tunneld/control.sock.
+        if config.get_str("control.socket").is_none() {
+            config = config.set(
+                "control.socket",
+                dir.join("control.sock").display().to_string(),
+            );
+        }
         let config_path = dir.join("tunneld.toml");
         fs::write(&config_path, config.to_toml())?;
         let log_path = dir.join("tunneld.log");
@@ -424,6 +432,72 @@ impl Gateway {
     /// Its working directory (config, users file, log, state).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The configuration file it reads (and re-reads on reload).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("tunneld.toml")
+    }
+
+    /// Rewrites its configuration file with `config` (for reload tests; the daemon only notices on
+    /// SIGHUP or `tunnelctl reload`). Start from [`Self::config`] to keep the paths it was given.
+    pub fn write_config(&mut self, config: GatewayConfig) -> Result<()> {
+        fs::write(self.config_path(), config.to_toml())?;
+        self.config = config;
+        Ok(())
+    }
+
+    /// Writes raw text as its configuration file (e.g. an invalid one); the harness's own copy of
+    /// the configuration is unchanged.
+    pub fn write_config_text(&self, text: &str) -> Result<()> {
+        Ok(fs::write(self.config_path(), text)?)
+    }
+
+    /// Rewrites its users file with these users and passwords.
+    pub fn write_users(&self, users: &[(&str, &str)]) -> Result<()> {
+        let path = self
+            .config
+            .get_str("auth.users_file")
+            .context("auth.users_file not set")?;
+        let mut text = String::new();
+        for (name, pw) in users {
+            text.push_str(&users_file_line(name, pw)?);
+            text.push('\n');
+        }
+        Ok(fs::write(path, text)?)
+    }
+
+    /// Its control socket.
+    pub fn control_socket(&self) -> PathBuf {
+        PathBuf::from(
+            self.config
+                .get_str("control.socket")
+                .unwrap_or("/run/tunneld/control.sock"),
+        )
+    }
+
+    /// Runs `tunnelctl --socket <its socket> ARGS` (any exit code; see [`process::Output::check`]).
+    pub fn tunnelctl(&self, args: &[&str]) -> Result<process::Output> {
+        let bin = tunnelctl_bin()?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--socket").arg(self.control_socket()).args(args);
+        cmd.env_remove("TUNNELD_CONFIG");
+        cmd.env_remove("TUNNELD_CONTROL_SOCKET");
+        process::run(&mut cmd, None, Duration::from_secs(60))
+    }
+
+    /// Runs `tunnelctl ARGS --json` and parses its standard output; fails unless it exits 0.
+    pub fn tunnelctl_json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.tunnelctl(&all)?.check()?;
+        serde_json::from_str(&out.stdout)
+            .with_context(|| format!("tunnelctl {args:?} --json printed no JSON: {out}"))
+    }
+
+    /// Its `pin-sha256:` for a certificate it will present after a reload.
+    pub fn set_pin(&mut self, pin: &str) {
+        self.pin = pin.to_string();
     }
 
     /// Its process id.

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use e2e::container::Podman;
+use e2e::container::{repo_root, Podman};
 use e2e::privileges::check_dropped;
 use e2e::process;
 use e2e::{Client, ClientOpts, Gateway, GatewayConfig, Launcher, Topology, CORP_ADDR};
@@ -56,6 +56,36 @@ fn ulimits() -> Result<[String; 2]> {
         format!("--ulimit=nofile={nofile}:{nofile}"),
         format!("--ulimit=nproc={nproc}:{nproc}"),
     ])
+}
+
+/// The arguments of `@ENGINE@ run ... @IMAGE@` in deploy/systemd/tunneld.service, between `run`
+/// and the image.
+fn unit_run_flags() -> Result<Vec<String>> {
+    let unit = std::fs::read_to_string(repo_root().join("deploy/systemd/tunneld.service"))?;
+    let joined = unit.replace("\\\n", " ");
+    let exec = joined
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart=@ENGINE@ run "))
+        .context("no `ExecStart=@ENGINE@ run` in tunneld.service")?;
+    let words: Vec<String> = exec.split_whitespace().map(str::to_string).collect();
+    ensure!(
+        words.last().map(String::as_str) == Some("@IMAGE@"),
+        "ExecStart does not end with the image: {exec}"
+    );
+    let flags = words[..words.len() - 1].to_vec();
+    for want in [
+        "--device",
+        "--cap-drop",
+        "--security-opt",
+        "--ulimit",
+        "--network",
+    ] {
+        ensure!(
+            flags.iter().any(|f| f == want),
+            "{want} not in the unit: {exec}"
+        );
+    }
+    Ok(flags)
 }
 
 #[test]
@@ -187,32 +217,43 @@ fn tunneld_from_the_image_serves_openconnect_as_the_unprivileged_tunneld_user() 
     let limits = ulimits()?;
     let env = podman.env_vars();
     let container = name.clone();
-    // The flags of deploy/systemd/tunneld.service, with the test's gateway namespace instead of the
-    // host network, and the daemon's directory as /etc/tunneld.
+    // The flags of deploy/systemd/tunneld.service's `run`, as they are, except: the test's gateway
+    // namespace instead of the host network, the daemon's directory as /etc/tunneld and its state
+    // directory as /var/lib/tunneld, this machine's limits, and a name of its own.
+    let unit_flags = unit_run_flags()?;
     let launcher = Launcher::new(move |info| {
+        let dir = info.dir.display().to_string();
         let mut cmd = Command::new("podman");
-        cmd.envs(env.clone())
-            .args(["run", "--rm", "--name", &container])
-            .arg(format!("--network=ns:/run/netns/{}", info.gw_ns))
-            .args(["--device", "/dev/net/tun"])
-            .args(["--cap-drop", "ALL"])
-            .args(["--cap-add", "NET_ADMIN", "--cap-add", "NET_BIND_SERVICE"])
-            .args([
-                "--cap-add",
-                "SETUID",
-                "--cap-add",
-                "SETGID",
-                "--cap-add",
-                "SETPCAP",
-            ])
-            .args(["--security-opt", "no-new-privileges"])
-            .args(&limits)
-            .args(["--env", "RUST_LOG", "--env", "NO_COLOR"])
-            .arg(format!("--volume={}:/etc/tunneld:ro,z", info.dir.display()))
-            .arg(format!(
-                "--volume={}:/var/lib/tunneld:Z",
-                info.dir.join("state").display()
-            ))
+        cmd.envs(env.clone()).arg("run");
+        let mut flags = unit_flags.iter();
+        while let Some(flag) = flags.next() {
+            let value = || flags.clone().next().cloned().unwrap_or_default();
+            match flag.as_str() {
+                "--name" => {
+                    cmd.args(["--name", &container]);
+                    flags.next();
+                }
+                "--network" => {
+                    cmd.arg(format!("--network=ns:/run/netns/{}", info.gw_ns));
+                    flags.next();
+                }
+                "--ulimit" => {
+                    cmd.args(&limits);
+                    flags.next();
+                }
+                "--volume" => {
+                    let v = value()
+                        .replacen("/etc/tunneld:", &format!("{dir}:"), 1)
+                        .replacen("/var/lib/tunneld:", &format!("{dir}/state:"), 1);
+                    cmd.args(["--volume", &v]);
+                    flags.next();
+                }
+                _ => {
+                    cmd.arg(flag);
+                }
+            }
+        }
+        cmd.args(["--env", "RUST_LOG", "--env", "NO_COLOR"])
             .arg(TAG)
             .args(info.args);
         cmd
@@ -223,6 +264,7 @@ fn tunneld_from_the_image_serves_openconnect_as_the_unprivileged_tunneld_user() 
             .user("alice", "alice-pw")
             .set("server.state_dir", "/var/lib/tunneld")
             .set("auth.users_file", "/etc/tunneld/users")
+            .set("control.socket", "/run/tunneld/control.sock")
             .daemon_arg("--drain-secs")
             .daemon_arg("1")
             .launcher(launcher),
@@ -236,6 +278,16 @@ fn tunneld_from_the_image_serves_openconnect_as_the_unprivileged_tunneld_user() 
 
     let client = Client::connect(&topo, &gw, ClientOpts::password("alice", "alice-pw"))?;
     client.ping(&topo, CORP_ADDR, 3)?;
+
+    // The operator's tunnelctl, run in the container, reaches the control socket there.
+    let status = podman.run(&["exec", &name, "/usr/bin/tunnelctl", "sessions"])?;
+    ensure!(status.stdout.contains("alice"), "tunnelctl sessions: {status}");
+
+    // A reload (SIGHUP through the engine) works as the tunneld user: it re-reads the mounted
+    // configuration and users file and the self-signed certificate in the state volume.
+    podman.run(&["kill", "--signal", "HUP", &name])?;
+    let line = gw.wait_for_log(&["configuration reload"], Duration::from_secs(10))?;
+    ensure!(line.contains("configuration reloaded"), "reload: {line}");
 
     // `podman stop` sends the image's STOPSIGNAL (SIGTERM): the daemon drains and exits 0.
     podman.run(&["stop", "--time", "15", &name])?;

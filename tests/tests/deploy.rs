@@ -27,7 +27,11 @@ fn install(args: &[&str], netns: Option<&str>) -> Result<Output> {
         }
         None => Command::new("bash"),
     };
-    cmd.arg(install_sh()).args(args);
+    // The full readiness checks too: `tunnelctl readiness` from this build.
+    cmd.arg(install_sh())
+        .arg("--tunnelctl")
+        .arg(e2e::gateway::tunnelctl_bin()?)
+        .args(args);
     process::run(&mut cmd, None, Duration::from_secs(120))
 }
 
@@ -271,6 +275,12 @@ fn readiness_checks_refuse_a_mismatched_key_and_change_nothing() -> Result<()> {
     )?;
     ensure!(!out.success(), "a mismatched key was accepted:\n{out}");
     ensure!(out.stdout.contains("[FAIL] certificate"), "{out}");
+    // tunnelctl readiness ran too, and said the same.
+    ensure!(
+        out.stdout.contains("FAIL  cert.key_match")
+            && out.stdout.contains("[FAIL] tunnelctl readiness"),
+        "{out}"
+    );
     ensure!(tree(root.path())? == before, "files were written");
     Ok(())
 }
@@ -425,7 +435,7 @@ fn the_quadlet_unit_uses_only_keys_podman_4_4_knows() -> Result<()> {
         "Network=host",
         "AddDevice=/dev/net/tun",
         "DropCapability=all",
-        "AddCapability=NET_ADMIN NET_BIND_SERVICE SETUID SETGID SETPCAP",
+        "AddCapability=NET_ADMIN NET_BIND_SERVICE SETUID SETGID SETPCAP CHOWN",
         "Volume=/etc/tunneld:/etc/tunneld:ro,z",
     ] {
         ensure!(seen.contains(want), "{want} missing from the Quadlet unit");

@@ -42,7 +42,9 @@ fn setup() -> Result<(Topology, Gateway, Client)> {
 }
 
 fn raw(topo: &Topology, gw: &Gateway, args: &[&str]) -> Result<RawOutcome> {
-    raw::run(topo, gw, "dev2", "eve", PASSWORD, args)
+    let out = raw::run(topo, gw, "dev2", "eve", PASSWORD, args)?;
+    eprintln!("raw client {args:?}: {}", out.result);
+    Ok(out)
 }
 
 /// The daemon still serves: the bystander pings, and a fresh raw login works end to end.

@@ -1,7 +1,9 @@
 //! `server.user`: after start-up tunneld runs as an unprivileged user with only CAP_NET_ADMIN and
 //! CAP_NET_BIND_SERVICE, clients still connect and pass traffic, and the NAT table is still removed on
-//! exit (by `nft`, which gets CAP_NET_ADMIN through the ambient set).
+//! exit (by `nft`, which gets CAP_NET_ADMIN through the ambient set), and a reload still re-reads the
+//! self-signed certificate (its state directory was given to the user) and the users file.
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::process::Command;
 use std::time::Duration;
 
@@ -98,5 +100,40 @@ fn unknown_user_stops_the_daemon_before_it_serves() -> Result<()> {
         text.contains("no user named \"no-such-user-e2e\""),
         "error: {text}"
     );
+    Ok(())
+}
+
+#[test]
+fn reload_after_the_drop_rereads_the_self_signed_certificate_and_a_new_user() -> Result<()> {
+    let topo = Topology::standard()?;
+    // Like /etc/tunneld on a host: the user may traverse to the configuration.
+    std::fs::set_permissions(topo.dir(), std::fs::Permissions::from_mode(0o755))?;
+    let gw = Gateway::start(
+        &topo,
+        GatewayConfig::new()
+            .user(USER, PASSWORD)
+            .set("server.user", UNPRIVILEGED),
+    )?;
+    gw.wait_for_log(&["dropped privileges"], Duration::from_secs(10))?;
+    let key = gw.dir().join("state/selfsigned-key.pem");
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&key)?);
+    ensure!(
+        owner == id_of("-u", UNPRIVILEGED)?,
+        "the self-signed key belongs to uid {owner}"
+    );
+
+    let users = gw.dir().join("users");
+    let mut text = std::fs::read_to_string(&users)?;
+    text.push_str(&e2e::gateway::users_file_line("bob", "bob-pw")?);
+    text.push('\n');
+    std::fs::write(&users, text)?;
+    gw.signal("HUP")?;
+    let line = gw.wait_for_log(&["configuration reload"], Duration::from_secs(10))?;
+    ensure!(
+        line.contains("configuration reloaded") && line.contains("users=2"),
+        "reload as {UNPRIVILEGED}: {line}"
+    );
+    let client = Client::connect(&topo, &gw, ClientOpts::password("bob", "bob-pw"))?;
+    client.ping(&topo, CORP_ADDR, 2)?;
     Ok(())
 }

@@ -69,18 +69,15 @@ async fn handle(sh: Arc<Shared>, mut tcp: TcpStream) {
             (Method::Get, "/healthz") => {
                 http::response(200, "OK", &[("Content-Type", "text/plain")], b"alive\n")
             }
-            (Method::Get, "/readyz") => {
-                if sh.is_draining() {
-                    http::response(
-                        503,
-                        "Service Unavailable",
-                        &[("Content-Type", "text/plain")],
-                        b"draining\n",
-                    )
-                } else {
-                    http::response(200, "OK", &[("Content-Type", "text/plain")], b"ready\n")
-                }
-            }
+            (Method::Get, "/readyz") => match sh.health.readiness(sh.is_draining()) {
+                Ok(()) => http::response(200, "OK", &[("Content-Type", "text/plain")], b"ready\n"),
+                Err(why) => http::response(
+                    503,
+                    "Service Unavailable",
+                    &[("Content-Type", "text/plain")],
+                    format!("{}\n", why.join("; ")).as_bytes(),
+                ),
+            },
             _ => http::response(
                 404,
                 "Not Found",

@@ -36,6 +36,10 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `[metrics]`: the Prometheus metrics listener.
     pub metrics: MetricsConfig,
+    /// `[control]`: the operator's control socket (`tunnelctl`).
+    pub control: ControlConfig,
+    /// `[ban]`: brute-force protection (per-source failure scores and bans).
+    pub ban: BanConfig,
 }
 
 /// `[server]`: the TLS listener and the server-wide limits.
@@ -277,6 +281,81 @@ impl Default for MetricsConfig {
     }
 }
 
+/// `[control]`: the Unix socket `tunnelctl` talks to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Path of the control socket (mode 0600, root only). Default
+    /// `Some("/run/tunneld/control.sock")`. In TOML, `socket = "off"` (or `""`) sets `None`, which
+    /// disables the socket (and with it `tunnelctl status`, `sessions`, `disconnect`, `ban` and
+    /// `reload`; SIGHUP still reloads).
+    #[serde(
+        serialize_with = "serialize_optional_path",
+        deserialize_with = "deserialize_optional_path"
+    )]
+    pub socket: Option<PathBuf>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            socket: Some(PathBuf::from("/run/tunneld/control.sock")),
+        }
+    }
+}
+
+/// `[ban]`: each source address collects points for failed logins; at `max_score` it is banned
+/// for `ban_secs` (its connections are closed at TCP accept, before the TLS handshake).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BanConfig {
+    /// Score at which a source address is banned; 0 turns automatic bans off. Default 100.
+    pub max_score: u32,
+    /// Points added for each failed login (wrong password, unknown or locked user) and each
+    /// CONNECT with an unknown cookie. Default 10 (so ten failures reach the default
+    /// `max_score`).
+    pub auth_failure_points: u32,
+    /// How long an automatic ban lasts, seconds (at least 1). Default 300.
+    pub ban_secs: u32,
+    /// A score is forgotten after this many seconds without a new failure (at least 1).
+    /// Default 1200.
+    pub score_reset_secs: u32,
+}
+
+impl Default for BanConfig {
+    fn default() -> Self {
+        Self {
+            max_score: 100,
+            auth_failure_points: 10,
+            ban_secs: 300,
+            score_reset_secs: 1200,
+        }
+    }
+}
+
+/// Serializes `None` as `"off"`.
+fn serialize_optional_path<S: Serializer>(
+    value: &Option<PathBuf>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(p) => serializer.collect_str(&p.display()),
+        None => serializer.serialize_str("off"),
+    }
+}
+
+/// Accepts a path, or `"off"`/`""` for `None`.
+fn deserialize_optional_path<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<PathBuf>, D::Error> {
+    let s = String::deserialize(deserializer)?;
+    let t = s.trim();
+    if t.is_empty() || t.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    Ok(Some(PathBuf::from(t)))
+}
+
 /// Serializes `None` as `"off"`, the TOML spelling that turns the metrics listener off.
 fn serialize_optional_listen<S: Serializer>(
     value: &Option<SocketAddr>,
@@ -398,6 +477,7 @@ impl Config {
         self.validate_network(&mut v);
         self.validate_timers(&mut v);
         self.validate_other(&mut v);
+        self.validate_ops(&mut v);
         if v.errors.is_empty() {
             Ok(())
         } else {
@@ -702,6 +782,43 @@ impl Config {
                     format!("{m} collides with server.listen {s}: use another port"),
                 );
             }
+        }
+    }
+}
+
+impl Config {
+    fn validate_ops(&self, v: &mut Validator) {
+        if let Some(p) = &self.control.socket {
+            const FIELD: &str = "control.socket";
+            if !p.is_absolute() {
+                v.err(FIELD, format!("{} is not an absolute path", p.display()));
+            }
+            // sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
+            if p.as_os_str().len() > 107 {
+                v.err(
+                    FIELD,
+                    format!(
+                        "{} is {} bytes long; a Unix socket path must be at most 107 bytes",
+                        p.display(),
+                        p.as_os_str().len()
+                    ),
+                );
+            }
+        }
+        let b = &self.ban;
+        for (field, value) in [
+            ("ban.ban_secs", b.ban_secs),
+            ("ban.score_reset_secs", b.score_reset_secs),
+        ] {
+            if value == 0 {
+                v.err(field, "must be at least 1 second");
+            }
+        }
+        if b.max_score > 0 && b.auth_failure_points == 0 {
+            v.err(
+                "ban.auth_failure_points",
+                "is 0, so no address ever reaches ban.max_score: set it above 0, or set ban.max_score = 0 to turn automatic bans off",
+            );
         }
     }
 }
@@ -1179,6 +1296,37 @@ dns = ["192.168.100.1", "192.168.100.53", "8.8.8.8", "fd00::1", "fd00::53", "0.0
             "[server]\nlisten = \"0.0.0.0:9477\"\n[metrics]\nlisten = \"127.0.0.1:9477\"\n",
         );
         assert_eq!(fields, vec!["metrics.listen"]);
+    }
+
+    #[test]
+    fn control_socket_off_relative_or_too_long() {
+        let c = Config::from_toml_str("[control]\nsocket = \"off\"\n").unwrap();
+        assert_eq!(c.control.socket, None);
+        let c = Config::from_toml_str("[control]\nsocket = \"/tmp/x.sock\"\n").unwrap();
+        assert_eq!(c.control.socket, Some(PathBuf::from("/tmp/x.sock")));
+        assert_eq!(
+            invalid_fields("[control]\nsocket = \"run/x.sock\"\n"),
+            vec!["control.socket"]
+        );
+        let long = format!("/{}", "a".repeat(120));
+        assert_eq!(
+            invalid_fields(&format!("[control]\nsocket = \"{long}\"\n")),
+            vec!["control.socket"]
+        );
+    }
+
+    #[test]
+    fn ban_settings_are_checked() {
+        assert_eq!(
+            invalid_fields("[ban]\nban_secs = 0\nscore_reset_secs = 0\nauth_failure_points = 0\n"),
+            vec![
+                "ban.ban_secs",
+                "ban.score_reset_secs",
+                "ban.auth_failure_points"
+            ]
+        );
+        // Automatic bans off: zero points are fine then.
+        assert!(Config::from_toml_str("[ban]\nmax_score = 0\nauth_failure_points = 0\n").is_ok());
     }
 
     #[test]

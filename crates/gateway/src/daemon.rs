@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,11 +13,15 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
+use crate::ban::Bans;
 use crate::config::Config;
+use crate::control::{self, ControlError};
 use crate::dataplane::{self, TunParams};
 use crate::egress::{self, EgressError, Nat};
+use crate::health::{Direction, Health};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
+use crate::reload::{CertInfo, ReloadState};
 use crate::server::{self, Shared};
 use crate::sessions::{EndReason, Sessions};
 use crate::table::SessionTable;
@@ -44,6 +49,9 @@ pub enum StartError {
     /// Forwarding or NAT could not be set up.
     #[error(transparent)]
     Egress(#[from] EgressError),
+    /// The control socket could not be set up.
+    #[error(transparent)]
+    Control(#[from] ControlError),
     /// A listening socket could not be bound.
     #[error("cannot listen on {addr} ({field}): {source}")]
     Bind {
@@ -80,11 +88,23 @@ pub struct Gateway {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _nat: Option<Nat>,
     listen: SocketAddr,
+    control_socket: Option<PathBuf>,
 }
 
 impl Gateway {
-    /// Starts everything. Must be called inside a tokio runtime.
+    /// Starts everything. Must be called inside a tokio runtime. Reloads re-read the certificate
+    /// and users file only; see [`Self::start_from`].
     pub async fn start(config: Config) -> Result<Self, StartError> {
+        Self::start_from(config, None).await
+    }
+
+    /// Starts everything from `config`, which was read from `config_path` (the file that SIGHUP
+    /// and `tunnelctl reload` re-read; `None` for embedded defaults). Must be called inside a
+    /// tokio runtime.
+    pub async fn start_from(
+        config: Config,
+        config_path: Option<PathBuf>,
+    ) -> Result<Self, StartError> {
         let cert = tls::load_certificate(&config)?;
         tracing::info!(subject = %cert.subject, not_after = %cert.not_after, pin = %cert.pin_sha256, "certificate loaded");
         let acceptor = TlsAcceptor::from(tls::server_config(&cert, config.tls.min_version)?);
@@ -129,6 +149,12 @@ impl Gateway {
             .listen
             .map(|a| bind(a, "metrics.listen", 128))
             .transpose()?;
+        let control_listener = config
+            .control
+            .socket
+            .as_deref()
+            .map(control::bind)
+            .transpose()?;
 
         let (tun_tx, tun_rx) = mpsc::channel(4096);
         let shared = Arc::new(Shared {
@@ -143,24 +169,33 @@ impl Gateway {
             tun_tx,
             started: Instant::now(),
             pin: cert.pin_sha256.clone(),
+            bans: Bans::new(metrics.clone()),
+            health: Health::new(Some(tun.clone())),
+            reload: ReloadState::new(config_path, CertInfo::from(&cert)),
         });
 
         let mut tasks = Vec::new();
+        shared.health.set_dataplane(Direction::Down, true);
+        shared.health.set_dataplane(Direction::Up, true);
         let down = tokio::spawn({
             let (tun, table, metrics) = (tun.clone(), Arc::clone(&table), metrics.clone());
+            let sh = Arc::clone(&shared);
             async move {
                 if let Err(e) = dataplane::run_downstream(tun, table, metrics).await {
                     tracing::error!(error = %e, "TUN reader stopped");
                 }
+                sh.health.set_dataplane(Direction::Down, false);
             }
         });
         tasks.push(down);
         tasks.push(tokio::spawn({
             let metrics = metrics.clone();
+            let sh = Arc::clone(&shared);
             async move {
                 if let Err(e) = dataplane::run_upstream(tun, tun_rx, metrics).await {
                     tracing::error!(error = %e, "TUN writer stopped");
                 }
+                sh.health.set_dataplane(Direction::Up, false);
             }
         }));
         tasks.push(tokio::spawn(server::serve(listener, Arc::clone(&shared))));
@@ -171,6 +206,10 @@ impl Gateway {
                 Arc::clone(&shared),
             )));
         }
+        if let (Some(l), Some(path)) = (control_listener, config.control.socket.clone()) {
+            tracing::info!(socket = %path.display(), "control socket listening");
+            tasks.push(tokio::spawn(control::serve(l, path, Arc::clone(&shared))));
+        }
         tasks.push(tokio::spawn(reaper(Arc::clone(&shared))));
         tracing::info!(listen = %config.server.listen, pool = %net.ipv4_pool, ipv6_pool = ?net.ipv6_pool, "gateway listening");
         Ok(Self {
@@ -178,6 +217,7 @@ impl Gateway {
             tasks,
             _nat: nat,
             listen: config.server.listen,
+            control_socket: config.control.socket.clone(),
         })
     }
 
@@ -206,6 +246,9 @@ impl Gateway {
         for t in &self.tasks {
             t.abort();
         }
+        if let Some(p) = &self.control_socket {
+            let _ = std::fs::remove_file(p);
+        }
         tracing::info!("stopped");
     }
 }
@@ -221,5 +264,6 @@ async fn reaper(sh: Arc<Shared>) {
         let session = (cfg.timers.session_timeout_secs > 0)
             .then(|| Duration::from_secs(u64::from(cfg.timers.session_timeout_secs)));
         sh.sessions.reap(Instant::now(), cookie, session);
+        sh.bans.sweep(&cfg.ban, Instant::now());
     }
 }

@@ -2,14 +2,19 @@
 //! listener, TUN data plane, health page and metrics.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::indexing_slicing))]
 pub mod admin;
+pub mod ban;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod egress;
+pub mod health;
 pub mod metrics;
 pub mod packet;
 pub mod pool;
 pub mod privdrop;
+pub mod readiness;
+pub mod reload;
 pub mod server;
 pub mod sessions;
 pub mod table;

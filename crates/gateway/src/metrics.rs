@@ -78,6 +78,18 @@ pub struct Metrics {
     pub setup_seconds: Histogram,
     /// Build information (`version` label), always 1.
     pub build_info: IntGaugeVec,
+    /// Seconds from TCP accept to a completed TLS handshake.
+    pub tls_handshake_seconds: Histogram,
+    /// Connections closed at TCP accept, by reason (`banned`, `unauthenticated_limit`).
+    pub connections_refused: IntCounterVec,
+    /// Connections that have not reached a tunnel yet (TLS handshake, login, CONNECT).
+    pub unauthenticated_connections: IntGauge,
+    /// Source addresses banned now.
+    pub bans_active: IntGauge,
+    /// Bans imposed, by origin (`automatic`: failure score; `manual`: `tunnelctl ban add`).
+    pub bans: IntCounterVec,
+    /// Configuration reloads, by result (`success`, `failure`).
+    pub config_reloads: IntCounterVec,
     drop_handles: [IntCounter; 5],
     up_packets: IntCounter,
     up_bytes: IntCounter,
@@ -179,6 +191,48 @@ impl Metrics {
             .register(Box::new(setup_seconds.clone()))
             .expect("unique metric name");
         let build_info = gauge_vec("tunneld_build_info", "Build information.", &["version"]);
+        let tls_handshake_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "tunneld_tls_handshake_seconds",
+                "Seconds from TCP accept to a completed TLS handshake.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(tls_handshake_seconds.clone()))
+            .expect("unique metric name");
+        let connections_refused = counter_vec(
+            "tunneld_connections_refused_total",
+            "Connections closed at TCP accept, by reason.",
+            &["reason"],
+        );
+        let unauthenticated_connections = gauge(
+            "tunneld_unauthenticated_connections",
+            "Connections that have not reached a tunnel yet.",
+        );
+        let bans_active = gauge("tunneld_bans_active", "Source addresses banned now.");
+        let bans = counter_vec(
+            "tunneld_bans_total",
+            "Bans imposed, by origin.",
+            &["origin"],
+        );
+        let config_reloads = counter_vec(
+            "tunneld_config_reloads_total",
+            "Configuration reloads, by result.",
+            &["result"],
+        );
+        for reason in ["banned", "unauthenticated_limit"] {
+            connections_refused.with_label_values(&[reason]);
+        }
+        for origin in ["automatic", "manual"] {
+            bans.with_label_values(&[origin]);
+        }
+        for result in ["success", "failure"] {
+            config_reloads.with_label_values(&[result]);
+        }
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -204,6 +258,12 @@ impl Metrics {
             http_rejects,
             setup_seconds,
             build_info,
+            tls_handshake_seconds,
+            connections_refused,
+            unauthenticated_connections,
+            bans_active,
+            bans,
+            config_reloads,
             drop_handles,
             up_packets,
             up_bytes,

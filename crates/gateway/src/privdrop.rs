@@ -22,6 +22,7 @@
 //! on the main thread (the future given to `block_on`).
 
 use std::collections::HashSet;
+use std::path::Path;
 
 use caps::{CapSet, Capability, CapsHashSet};
 use nix::unistd::{Gid, Uid, User};
@@ -129,6 +130,35 @@ impl PrivDrop {
             step,
             reason: reason.to_string(),
         }
+    }
+
+    /// Gives `dir` and the regular files directly in it to the user, so that the daemon can still
+    /// read and regenerate its own state after the drop (a reload re-reads the self-signed
+    /// certificate and key, which are created mode 0600). Needs CAP_CHOWN; call it before
+    /// [`Self::apply`]. Returns how many files changed owner.
+    pub fn hand_over(&self, dir: &Path) -> Result<usize, PrivDropError> {
+        let chown = |p: &Path| {
+            std::os::unix::fs::chown(p, Some(self.uid), Some(self.gid)).map_err(|e| {
+                self.fail(
+                    "chown of the state directory",
+                    format!("{}: {e}", p.display()),
+                )
+            })
+        };
+        if !dir.is_dir() {
+            return Ok(0);
+        }
+        chown(dir)?;
+        let mut n = 0;
+        let entries =
+            std::fs::read_dir(dir).map_err(|e| self.fail("reading the state directory", e))?;
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_file()) {
+                chown(&entry.path())?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Switches the whole process to the user and keeps only [`KEPT`] on this (the main) thread.

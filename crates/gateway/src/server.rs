@@ -22,9 +22,12 @@ use tunnel_proto::auth_xml::{self, ClientMessage, Form};
 use tunnel_proto::connect::{self, ConnectError, ConnectRequest};
 use tunnel_proto::http::{self, Limits, Method, Request};
 
+use crate::ban::{Bans, UnauthGuard};
 use crate::config::Config;
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
+use crate::reload::ReloadState;
 use crate::sessions::{Session, Sessions};
 use crate::table::SessionTable;
 use crate::users::{UserDb, VerifyOutcome};
@@ -57,8 +60,15 @@ pub struct Shared {
     pub tun_tx: mpsc::Sender<Bytes>,
     /// When the server started.
     pub started: Instant,
-    /// The certificate's `pin-sha256:` value, for clients that pin it.
+    /// The certificate's `pin-sha256:` value at start, for clients that pin it (after a reload
+    /// see [`crate::reload::ReloadState::certificate`]).
     pub pin: String,
+    /// Failure scores, bans and unauthenticated connections per source address.
+    pub bans: Arc<Bans>,
+    /// What `/readyz` checks.
+    pub health: Health,
+    /// Live reload state (config path, certificate in use).
+    pub reload: ReloadState,
 }
 
 impl std::fmt::Debug for Shared {
@@ -77,13 +87,26 @@ impl Shared {
     }
 }
 
-/// Accepts TLS connections until the listener fails or the task is cancelled.
+/// Accepts TLS connections until the listener fails or the task is cancelled. A banned source,
+/// or one at `server.max_unauthenticated_per_source`, is closed here before the TLS handshake.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    shared.health.set_listening(true);
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
-                let _ = tcp.set_nodelay(true);
-                tokio::spawn(handle_connection(Arc::clone(&shared), tcp, peer));
+                let limit = shared.config.load().server.max_unauthenticated_per_source;
+                match shared.bans.admit(peer.ip(), limit, Instant::now()) {
+                    Ok(guard) => {
+                        let _ = tcp.set_nodelay(true);
+                        tokio::spawn(handle_connection(Arc::clone(&shared), tcp, peer, guard));
+                    }
+                    Err(refusal) => {
+                        tracing::debug!(%peer, reason = refusal.as_str(), "connection refused at accept");
+                        // Reset rather than close: no TIME_WAIT on our side for a refused peer.
+                        let _ = tcp.set_zero_linger();
+                        drop(tcp);
+                    }
+                }
             }
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning; the listener stays.
@@ -104,14 +127,24 @@ enum Next {
     Tunnel(Arc<Session>, ConnectRequest),
 }
 
-async fn handle_connection(sh: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+async fn handle_connection(
+    sh: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    unauthenticated: UnauthGuard,
+) {
     let cfg = sh.config.load_full();
     let accepted = Instant::now();
     let deadline = tokio::time::Instant::from_std(accepted)
         + std::time::Duration::from_secs(u64::from(cfg.timers.auth_timeout_secs));
     let acceptor = sh.tls.load_full();
     let mut tls = match timeout_at(deadline, acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => s,
+        Ok(Ok(s)) => {
+            sh.metrics
+                .tls_handshake_seconds
+                .observe(accepted.elapsed().as_secs_f64());
+            s
+        }
         Ok(Err(e)) => {
             sh.metrics.tls_handshake_failures.inc();
             tracing::info!(%peer, error = %e, "TLS handshake failed");
@@ -138,6 +171,7 @@ async fn handle_connection(sh: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
                     Ok(Next::Continue) if !req.wants_close() => continue,
                     Ok(Next::Continue) | Ok(Next::Close) => break,
                     Ok(Next::Tunnel(session, creq)) => {
+                        drop(unauthenticated);
                         crate::tunnel::run(sh, tls, buf, session, creq, peer, accepted).await;
                         return;
                     }
@@ -364,7 +398,8 @@ async fn handle_auth(
             sh.metrics.auth_failures.with_label_values(&[reason]).inc();
             *failures += 1;
             tracing::warn!(user = %username, %peer, reason, attempt = *failures, "authentication failed");
-            if *failures >= MAX_TRIES_PER_CONNECTION {
+            let banned = sh.bans.record_failure(peer.ip(), &cfg.ban, Instant::now());
+            if banned || *failures >= MAX_TRIES_PER_CONNECTION {
                 write_response(
                     tls,
                     &http::response(
@@ -441,6 +476,8 @@ async fn handle_connect(
             .with_label_values(&["bad_cookie"])
             .inc();
         tracing::info!(%peer, "CONNECT with an unknown or expired cookie; 401");
+        let ban = sh.config.load().ban.clone();
+        sh.bans.record_failure(peer.ip(), &ban, Instant::now());
         write_response(
             tls,
             &connect::error_response(401, "Cookie is not acceptable", None),

@@ -150,6 +150,11 @@ impl Session {
     pub fn is_ended(&self) -> bool {
         self.lock().ended
     }
+
+    /// True while a connection carries the session (false while it waits for a reconnect).
+    pub fn is_connected(&self) -> bool {
+        self.lock().conn.is_some()
+    }
 }
 
 /// All sessions, indexed by cookie and by id.
@@ -336,15 +341,19 @@ impl Sessions {
             .with_label_values(&[reason.as_str()])
             .inc();
         let s = &session.stats;
+        // The access log: one line per session end, flat fields (JSON-friendly), no span.
         tracing::info!(
+            target: "access",
             session = session.id,
             user = %session.user,
-            peer = %session.peer,
-            ipv4 = ?addrs.map(|a| a.0),
-            ipv6 = ?addrs.and_then(|a| a.1),
+            login_peer = %session.peer,
+            ipv4 = %addrs.map_or_else(|| "-".to_owned(), |a| a.0.to_string()),
+            ipv6 = %addrs.and_then(|a| a.1).map_or_else(|| "-".to_owned(), |a| a.to_string()),
             duration_secs = session.created.elapsed().as_secs(),
             bytes_up = s.bytes_up.load(Ordering::Relaxed),
             bytes_down = s.bytes_down.load(Ordering::Relaxed),
+            packets_up = s.packets_up.load(Ordering::Relaxed),
+            packets_down = s.packets_down.load(Ordering::Relaxed),
             reason = reason.as_str(),
             "session ended"
         );

@@ -135,7 +135,19 @@ pub(crate) async fn run(
     let span = tracing::info_span!("session", id = session.id, user = %session.user, %peer);
     if assigned.first {
         sh.metrics.sessions_started.inc();
-        tracing::info!(parent: &span, ipv4 = %assigned.v4, ipv6 = ?ipv6, mtu = tunnel_mtu, "session started");
+        // The access log: one line per session start, flat fields (JSON-friendly), no span.
+        tracing::info!(
+            target: "access",
+            parent: None,
+            session = session.id,
+            user = %session.user,
+            peer = %peer,
+            ipv4 = %assigned.v4,
+            ipv6 = %ipv6.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+            transport = "cstp",
+            mtu = tunnel_mtu,
+            "session started"
+        );
     } else {
         tracing::info!(parent: &span, ipv4 = %assigned.v4, ipv6 = ?ipv6, mtu = tunnel_mtu, "session reconnected");
     }

@@ -738,29 +738,6 @@ mod tests {
     }
 
     #[test]
-    fn unknown_user_costs_about_as_much_as_a_real_one() {
-        let db = UserDb::parse(&format!("u:{}\n", hash_password("pw").unwrap())).unwrap();
-        // The fastest of several runs is robust to other tests competing for the CPU.
-        let time = |name: &str| {
-            (0..5)
-                .map(|_| {
-                    let start = std::time::Instant::now();
-                    let _ = db.verify(name, "wrong");
-                    start.elapsed()
-                })
-                .min()
-                .unwrap()
-        };
-        let real = time("u");
-        let unknown = time("nobody");
-        let ratio = unknown.as_secs_f64() / real.as_secs_f64();
-        assert!(
-            (0.5..2.0).contains(&ratio),
-            "real {real:?} unknown {unknown:?}"
-        );
-    }
-
-    #[test]
     fn comments_blank_lines_and_two_field_form() {
         let text = format!("# users\n\n   # indented comment\nfrank:{SHA512_SECRET}\r\n  \n");
         let db = UserDb::parse(&text).unwrap();

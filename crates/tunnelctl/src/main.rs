@@ -1,7 +1,11 @@
 //! `tunnelctl`: the operator's command-line tool for tunnel-gateway.
 //!
-//! Commands are grouped by subject (`tunnelctl user ...`); further groups (status, sessions)
-//! join the [`Command`] enum.
+//! Commands are grouped by subject: `user` edits the users file; `status`, `sessions`, `disconnect`,
+//! `ban` and `reload` talk to the running daemon over its control socket (see [`daemon`]); `readiness`
+//! checks this host and the configuration before tunneld runs.
+
+mod daemon;
+mod readiness;
 
 use std::io::{self, BufRead};
 use std::path::{Path, PathBuf};
@@ -30,6 +34,16 @@ struct Cli {
     )]
     config: Option<PathBuf>,
 
+    /// The daemon's control socket. Default: control.socket from --config if given, else
+    /// /run/tunneld/control.sock.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "TUNNELD_CONTROL_SOCKET"
+    )]
+    socket: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -40,6 +54,30 @@ enum Command {
     /// Manage VPN users in the users file (ocserv ocpasswd-compatible format).
     #[command(subcommand)]
     User(UserCommand),
+    /// Show the running daemon's status: version, uptime, listeners, readiness, sessions, pool
+    /// use, bans, certificate.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List sessions: user, device address, tunnel addresses, transport, bytes, connected since.
+    Sessions {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End sessions: each connected client gets a DISCONNECT and its cookie is revoked.
+    Disconnect(daemon::DisconnectArgs),
+    /// Banned source addresses and failure scores.
+    #[command(subcommand)]
+    Ban(daemon::BanCommand),
+    /// Reload the configuration file, certificate and users file (like SIGHUP). Live sessions
+    /// stay; an invalid configuration is refused with the reason and the running one kept.
+    Reload,
+    /// Check this host and the configuration for running tunneld: each check PASS, WARN, FAIL
+    /// or SKIP, with the fix. Exits 1 when a check fails.
+    Readiness(readiness::ReadinessArgs),
 }
 
 /// `tunnelctl user ...`
@@ -100,7 +138,7 @@ struct PasswordArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("tunnelctl: error: {e:#}");
             ExitCode::FAILURE
@@ -108,10 +146,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<ExitCode> {
+    let config = cli.config.as_deref();
+    let socket = || daemon::socket_path(cli.socket.as_deref(), config);
     match cli.command {
-        Command::User(cmd) => run_user(cli.config.as_deref(), cmd),
+        Command::User(cmd) => run_user(config, cmd)?,
+        Command::Status { json } => daemon::status(&socket()?, json)?,
+        Command::Sessions { json } => daemon::sessions(&socket()?, json)?,
+        Command::Disconnect(args) => daemon::disconnect(&socket()?, &args)?,
+        Command::Ban(cmd) => daemon::ban(&socket()?, cmd)?,
+        Command::Reload => daemon::reload(&socket()?)?,
+        Command::Readiness(args) => return Ok(readiness::run(config, &args)),
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_user(config: Option<&Path>, cmd: UserCommand) -> Result<()> {

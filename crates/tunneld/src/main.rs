@@ -126,13 +126,18 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let listen = config.server.listen;
-        let gw = Gateway::start(config).await?;
+        let state_dir = config.server.state_dir.clone();
+        let gw = Gateway::start_from(config, args.config.clone()).await?;
         // Runs on the main thread (block_on), which keeps CAP_NET_ADMIN for the NAT teardown.
         if let Some(p) = &privdrop {
+            if let Err(e) = p.hand_over(&state_dir) {
+                tracing::warn!(error = %e, "the state directory stays root's: a reload cannot re-read a self-signed certificate (give the container CAP_CHOWN)");
+            }
             let d = p.apply()?;
             tracing::info!(user = %d.name, uid = d.uid, gid = d.gid, capabilities = ?d.capabilities, already = d.already, "dropped privileges");
         }
         let pin = gw.shared().pin.clone();
+        tokio::spawn(reload_on_sighup(std::sync::Arc::clone(gw.shared())));
         println!(
             "tunneld listening on {listen}; connect with:\n  openconnect --servercert {pin} https://<this-host>:{}/",
             listen.port()
@@ -140,6 +145,19 @@ fn main() -> anyhow::Result<()> {
         gw.run_until(shutdown_signal(), Duration::from_secs(args.drain_secs)).await;
         Ok(())
     })
+}
+
+/// Reloads the configuration on every SIGHUP (the outcome is logged by the reload itself).
+async fn reload_on_sighup(shared: std::sync::Arc<tunnel_gateway::server::Shared>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; reload with `tunnelctl reload`");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the configuration");
+        let _ = tunnel_gateway::reload::reload(&shared).await;
+    }
 }
 
 async fn shutdown_signal() {

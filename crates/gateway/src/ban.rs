@@ -1,0 +1,440 @@
+//! Brute-force protection: a failure score per source address that turns into a ban (like ocserv's
+//! ban points), manual bans from the operator, and a cap on concurrent unauthenticated connections
+//! per source.
+//!
+//! Both are enforced at TCP accept, before the TLS handshake, so a banned or flooding address costs
+//! the gateway one `accept` and one `close`. An IPv6 source counts per /64 (one host usually holds a
+//! whole /64); an IPv4-mapped IPv6 address counts as its IPv4 address.
+//!
+//! Bans live in memory: a restart forgets them.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::BanConfig;
+use crate::metrics::Metrics;
+
+/// Why a connection was refused at accept. Its [`Refusal::as_str`] is the metrics `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The source address is banned.
+    Banned,
+    /// The source already holds `server.max_unauthenticated_per_source` unauthenticated
+    /// connections.
+    UnauthenticatedLimit,
+}
+
+impl Refusal {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Banned => "banned",
+            Self::UnauthenticatedLimit => "unauthenticated_limit",
+        }
+    }
+}
+
+/// One source address's state, as `tunnelctl ban list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BanEntry {
+    /// The source (an IPv4 address, or the network address of an IPv6 /64).
+    pub address: IpAddr,
+    /// Its failure score now (0 after a ban starts).
+    pub score: u32,
+    /// True while it is banned.
+    pub banned: bool,
+    /// Seconds left of the ban; `None` when not banned or banned until removed.
+    pub ban_remaining_secs: Option<u64>,
+    /// True when the operator imposed the ban.
+    pub manual: bool,
+    /// Its connections that have not reached a tunnel yet.
+    pub unauthenticated: u32,
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    score: u32,
+    last_failure: Option<Instant>,
+    /// `Some(None)`: banned until removed. `Some(Some(t))`: banned until `t`.
+    ban: Option<Option<Instant>>,
+    manual: bool,
+    unauthenticated: u32,
+}
+
+impl Entry {
+    fn banned_at(&self, now: Instant) -> bool {
+        match self.ban {
+            Some(None) => true,
+            Some(Some(until)) => now < until,
+            None => false,
+        }
+    }
+
+    fn score_at(&self, now: Instant, reset: Duration) -> u32 {
+        match self.last_failure {
+            Some(t) if now.saturating_duration_since(t) < reset => self.score,
+            _ => 0,
+        }
+    }
+}
+
+/// The per-source table. One short mutex-held update per accepted connection and per failed login,
+/// never per packet.
+#[derive(Debug)]
+pub struct Bans {
+    entries: Mutex<HashMap<IpAddr, Entry>>,
+    metrics: Metrics,
+}
+
+/// The source key: IPv4 as is, IPv4-mapped IPv6 as IPv4, other IPv6 truncated to its /64.
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+    }
+}
+
+/// Holds one unauthenticated-connection slot of a source; dropping it (the connection closed or
+/// became a tunnel) frees the slot.
+#[derive(Debug)]
+#[must_use = "dropping the guard frees the slot at once"]
+pub struct UnauthGuard {
+    bans: Arc<Bans>,
+    key: IpAddr,
+}
+
+impl Drop for UnauthGuard {
+    fn drop(&mut self) {
+        let mut map = self.bans.lock();
+        if let Some(e) = map.get_mut(&self.key) {
+            e.unauthenticated = e.unauthenticated.saturating_sub(1);
+        }
+        self.bans.metrics.unauthenticated_connections.dec();
+    }
+}
+
+impl Bans {
+    /// An empty table.
+    pub fn new(metrics: Metrics) -> Arc<Self> {
+        Arc::new(Self {
+            entries: Mutex::new(HashMap::new()),
+            metrics,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, Entry>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Decides at TCP accept whether a connection from `ip` may proceed. On success the returned
+    /// guard holds one of the source's `max_unauthenticated` slots (0 = no limit) until dropped.
+    pub fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max_unauthenticated: u32,
+        now: Instant,
+    ) -> Result<UnauthGuard, Refusal> {
+        let key = source_key(ip);
+        let mut map = self.lock();
+        let e = map.entry(key).or_default();
+        let refusal = if e.banned_at(now) {
+            Some(Refusal::Banned)
+        } else if max_unauthenticated > 0 && e.unauthenticated >= max_unauthenticated {
+            Some(Refusal::UnauthenticatedLimit)
+        } else {
+            None
+        };
+        if let Some(r) = refusal {
+            if e.unauthenticated == 0 && e.ban.is_none() && e.score == 0 {
+                map.remove(&key);
+            }
+            drop(map);
+            self.metrics
+                .connections_refused
+                .with_label_values(&[r.as_str()])
+                .inc();
+            return Err(r);
+        }
+        e.unauthenticated += 1;
+        drop(map);
+        self.metrics.unauthenticated_connections.inc();
+        Ok(UnauthGuard {
+            bans: Arc::clone(self),
+            key,
+        })
+    }
+
+    /// True when `ip` is banned now.
+    pub fn is_banned(&self, ip: IpAddr, now: Instant) -> bool {
+        self.lock()
+            .get(&source_key(ip))
+            .is_some_and(|e| e.banned_at(now))
+    }
+
+    /// Adds a failed login of `ip` to its score; bans it when the score reaches
+    /// `policy.max_score`. Returns true when this failure started a ban.
+    pub fn record_failure(&self, ip: IpAddr, policy: &BanConfig, now: Instant) -> bool {
+        if policy.max_score == 0 || policy.auth_failure_points == 0 {
+            return false;
+        }
+        let key = source_key(ip);
+        let reset = Duration::from_secs(u64::from(policy.score_reset_secs));
+        let mut map = self.lock();
+        let e = map.entry(key).or_default();
+        if e.banned_at(now) {
+            return false;
+        }
+        e.score = e
+            .score_at(now, reset)
+            .saturating_add(policy.auth_failure_points);
+        e.last_failure = Some(now);
+        if e.score < policy.max_score {
+            return false;
+        }
+        let secs = u64::from(policy.ban_secs);
+        e.ban = Some(Some(now + Duration::from_secs(secs)));
+        e.manual = false;
+        let score = e.score;
+        e.score = 0;
+        let active = count_banned(&map, now);
+        drop(map);
+        self.metrics.bans.with_label_values(&["automatic"]).inc();
+        self.metrics.bans_active.set(active);
+        tracing::warn!(address = %key, score, ban_secs = secs, "source address banned after repeated login failures");
+        true
+    }
+
+    /// Bans `ip` by operator request, for `duration` or (with `None`) until removed.
+    pub fn ban(&self, ip: IpAddr, duration: Option<Duration>, now: Instant) {
+        let key = source_key(ip);
+        let mut map = self.lock();
+        let e = map.entry(key).or_default();
+        e.ban = Some(duration.map(|d| now + d));
+        e.manual = true;
+        e.score = 0;
+        let active = count_banned(&map, now);
+        drop(map);
+        self.metrics.bans.with_label_values(&["manual"]).inc();
+        self.metrics.bans_active.set(active);
+        tracing::warn!(address = %key, secs = duration.map(|d| d.as_secs()), "source address banned by the operator");
+    }
+
+    /// Lifts a ban on `ip` and forgets its score. Returns false when it was neither banned nor
+    /// scored.
+    pub fn unban(&self, ip: IpAddr, now: Instant) -> bool {
+        let key = source_key(ip);
+        let mut map = self.lock();
+        let Some(e) = map.get_mut(&key) else {
+            return false;
+        };
+        let had = e.ban.is_some() || e.score > 0;
+        e.ban = None;
+        e.manual = false;
+        e.score = 0;
+        e.last_failure = None;
+        if e.unauthenticated == 0 {
+            map.remove(&key);
+        }
+        let active = count_banned(&map, now);
+        drop(map);
+        self.metrics.bans_active.set(active);
+        if had {
+            tracing::info!(address = %key, "ban lifted by the operator");
+        }
+        had
+    }
+
+    /// Every address with a score, a ban or an unauthenticated connection, banned first.
+    pub fn list(&self, policy: &BanConfig, now: Instant) -> Vec<BanEntry> {
+        let reset = Duration::from_secs(u64::from(policy.score_reset_secs));
+        let map = self.lock();
+        let mut out: Vec<BanEntry> = map
+            .iter()
+            .filter_map(|(addr, e)| {
+                let banned = e.banned_at(now);
+                let score = e.score_at(now, reset);
+                (banned || score > 0 || e.unauthenticated > 0).then(|| BanEntry {
+                    address: *addr,
+                    score,
+                    banned,
+                    ban_remaining_secs: match e.ban {
+                        Some(Some(until)) if banned => {
+                            Some(until.saturating_duration_since(now).as_secs().max(1))
+                        }
+                        _ => None,
+                    },
+                    manual: banned && e.manual,
+                    unauthenticated: e.unauthenticated,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| b.banned.cmp(&a.banned).then(a.address.cmp(&b.address)));
+        out
+    }
+
+    /// Ends expired bans (logging each), forgets stale scores, drops empty entries and updates
+    /// the `bans_active` gauge. Called once a second.
+    pub fn sweep(&self, policy: &BanConfig, now: Instant) {
+        let reset = Duration::from_secs(u64::from(policy.score_reset_secs));
+        let mut map = self.lock();
+        map.retain(|addr, e| {
+            if let Some(Some(until)) = e.ban {
+                if now >= until {
+                    tracing::info!(address = %addr, "ban expired");
+                    e.ban = None;
+                    e.manual = false;
+                }
+            }
+            if e.score_at(now, reset) == 0 {
+                e.score = 0;
+                e.last_failure = None;
+            }
+            e.ban.is_some() || e.score > 0 || e.unauthenticated > 0
+        });
+        let active = count_banned(&map, now);
+        drop(map);
+        self.metrics.bans_active.set(active);
+    }
+}
+
+fn count_banned(map: &HashMap<IpAddr, Entry>, now: Instant) -> i64 {
+    let n = map.values().filter(|e| e.banned_at(now)).count();
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> BanConfig {
+        BanConfig {
+            max_score: 100,
+            auth_failure_points: 10,
+            ban_secs: 60,
+            score_reset_secs: 300,
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn tenth_failure_bans_and_the_ban_expires() {
+        let bans = Bans::new(Metrics::new());
+        let t0 = Instant::now();
+        for i in 0..9 {
+            assert!(!bans.record_failure(ip("192.0.2.7"), &policy(), t0), "{i}");
+        }
+        assert!(bans.admit(ip("192.0.2.7"), 0, t0).is_ok());
+        assert!(bans.record_failure(ip("192.0.2.7"), &policy(), t0));
+        assert_eq!(
+            bans.admit(ip("192.0.2.7"), 0, t0).unwrap_err(),
+            Refusal::Banned
+        );
+        // Another address is not affected.
+        assert!(bans.admit(ip("192.0.2.8"), 0, t0).is_ok());
+        let listed = bans.list(&policy(), t0);
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].banned && !listed[0].manual);
+        assert_eq!(listed[0].ban_remaining_secs, Some(60));
+        assert_eq!(bans.metrics.bans_active.get(), 1);
+
+        let later = t0 + Duration::from_secs(61);
+        assert!(bans.admit(ip("192.0.2.7"), 0, later).is_ok());
+        bans.sweep(&policy(), later);
+        assert_eq!(bans.metrics.bans_active.get(), 0);
+        assert!(bans.list(&policy(), later).is_empty());
+    }
+
+    #[test]
+    fn score_is_forgotten_after_the_reset_time() {
+        let bans = Bans::new(Metrics::new());
+        let t0 = Instant::now();
+        for _ in 0..9 {
+            bans.record_failure(ip("192.0.2.7"), &policy(), t0);
+        }
+        let later = t0 + Duration::from_secs(301);
+        assert!(!bans.record_failure(ip("192.0.2.7"), &policy(), later));
+        assert_eq!(bans.list(&policy(), later)[0].score, 10);
+    }
+
+    #[test]
+    fn ipv6_counts_per_64_and_mapped_ipv4_as_ipv4() {
+        let bans = Bans::new(Metrics::new());
+        let now = Instant::now();
+        bans.ban(ip("2001:db8:1:2::5"), None, now);
+        assert!(bans.is_banned(ip("2001:db8:1:2:ffff::1"), now));
+        assert!(!bans.is_banned(ip("2001:db8:1:3::5"), now));
+        bans.ban(ip("192.0.2.9"), None, now);
+        assert!(bans.is_banned(ip("::ffff:192.0.2.9"), now));
+        assert_eq!(
+            bans.list(&policy(), now)
+                .iter()
+                .map(|e| e.address)
+                .collect::<Vec<_>>(),
+            vec![ip("192.0.2.9"), ip("2001:db8:1:2::")]
+        );
+    }
+
+    #[test]
+    fn manual_ban_lasts_until_removed() {
+        let bans = Bans::new(Metrics::new());
+        let now = Instant::now();
+        bans.ban(ip("192.0.2.1"), None, now);
+        let far = now + Duration::from_secs(86400 * 365);
+        bans.sweep(&policy(), far);
+        assert!(bans.is_banned(ip("192.0.2.1"), far));
+        let e = &bans.list(&policy(), far)[0];
+        assert!(e.manual && e.ban_remaining_secs.is_none());
+        assert!(bans.unban(ip("192.0.2.1"), far));
+        assert!(!bans.is_banned(ip("192.0.2.1"), far));
+        assert!(!bans.unban(ip("192.0.2.1"), far));
+    }
+
+    #[test]
+    fn unauthenticated_cap_counts_live_guards_per_source() {
+        let bans = Bans::new(Metrics::new());
+        let now = Instant::now();
+        let a = bans.admit(ip("192.0.2.1"), 2, now).unwrap();
+        let _b = bans.admit(ip("192.0.2.1"), 2, now).unwrap();
+        assert_eq!(
+            bans.admit(ip("192.0.2.1"), 2, now).unwrap_err(),
+            Refusal::UnauthenticatedLimit
+        );
+        assert!(bans.admit(ip("192.0.2.2"), 2, now).is_ok());
+        assert_eq!(bans.list(&policy(), now)[0].unauthenticated, 2);
+        drop(a);
+        let _c = bans.admit(ip("192.0.2.1"), 2, now).unwrap();
+        assert_eq!(bans.metrics.unauthenticated_connections.get(), 2);
+        assert_eq!(
+            bans.metrics
+                .connections_refused
+                .with_label_values(&["unauthenticated_limit"])
+                .get(),
+            1
+        );
+    }
+
+    #[test]
+    fn automatic_bans_off_when_max_score_is_zero() {
+        let bans = Bans::new(Metrics::new());
+        let p = BanConfig {
+            max_score: 0,
+            ..policy()
+        };
+        let now = Instant::now();
+        for _ in 0..100 {
+            assert!(!bans.record_failure(ip("192.0.2.1"), &p, now));
+        }
+        assert!(bans.admit(ip("192.0.2.1"), 0, now).is_ok());
+    }
+}
