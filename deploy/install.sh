@@ -207,6 +207,10 @@ pfx_cert() { # pfx_cert FILE PASSWORD_FILE|"" > PEM
 }
 
 check_certificate() {
+  if [ -n "$cert$pfx" ] && ! command -v openssl >/dev/null 2>&1; then
+    check certificate FAIL "openssl is needed to check the certificate and print its pin (dnf/apt install openssl)"
+    return
+  fi
   if [ -n "$cert" ]; then
     [ -r "$cert" ] || { check certificate FAIL "$cert is not readable"; return; }
     [ -r "$key" ] || { check certificate FAIL "$key is not readable"; return; }
@@ -606,7 +610,7 @@ do_install() {
     pin="$(pem_pin "$cert")"
   elif [ -n "$pfx" ]; then
     pin="$(pfx_cert "$pfx" "$pfx_pass" | pem_pin /dev/stdin)"
-  elif [ -f "$root/var/lib/tunneld/selfsigned-cert.pem" ]; then
+  elif [ -f "$root/var/lib/tunneld/selfsigned-cert.pem" ] && command -v openssl >/dev/null 2>&1; then
     pin="$(pem_pin "$root/var/lib/tunneld/selfsigned-cert.pem")"
   fi
   echo

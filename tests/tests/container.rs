@@ -281,7 +281,10 @@ fn tunneld_from_the_image_serves_openconnect_as_the_unprivileged_tunneld_user() 
 
     // The operator's tunnelctl, run in the container, reaches the control socket there.
     let status = podman.run(&["exec", &name, "/usr/bin/tunnelctl", "sessions"])?;
-    ensure!(status.stdout.contains("alice"), "tunnelctl sessions: {status}");
+    ensure!(
+        status.stdout.contains("alice"),
+        "tunnelctl sessions: {status}"
+    );
 
     // A reload (SIGHUP through the engine) works as the tunneld user: it re-reads the mounted
     // configuration and users file and the self-signed certificate in the state volume.
