@@ -1,5 +1,5 @@
 //! The container image (deploy/Containerfile, built by deploy/build-image.sh with Podman): what is in
-//! it, and tunneld run from it with `podman run` serving a real openconnect.
+//! it, and tunneld run from it with `podman run` serving a real openconnect over TLS and DTLS.
 //!
 //! The image is built from the debug binaries the other end-to-end tests use (scripts/test.sh builds
 //! them anyway; a release build would add minutes of CI on two cores for the same code). The script
@@ -276,8 +276,25 @@ fn tunneld_from_the_image_serves_openconnect_as_the_unprivileged_tunneld_user() 
         check_dropped(pid, TUNNELD_ID, TUNNELD_ID)?
     );
 
-    let client = Client::connect(&topo, &gw, ClientOpts::password("alice", "alice-pw"))?;
+    // DTLS on, as a real client has it: the data then flows over UDP 443 through the container.
+    let client = Client::connect(
+        &topo,
+        &gw,
+        ClientOpts::password("alice", "alice-pw").dtls(true),
+    )?;
+    gw.wait_metric(
+        "tunneld_sessions_active",
+        &[("transport", "dtls")],
+        1.0,
+        Duration::from_secs(10),
+    )?;
+    let dtls_up = gw.metric_or_zero("tunneld_dtls_packets_total", &[("direction", "up")])?;
     client.ping(&topo, CORP_ADDR, 3)?;
+    let dtls_up_after = gw.metric("tunneld_dtls_packets_total", &[("direction", "up")])?;
+    ensure!(
+        dtls_up_after >= dtls_up + 3.0,
+        "pings did not go over DTLS: {dtls_up} -> {dtls_up_after}"
+    );
 
     // The operator's tunnelctl, run in the container, reaches the control socket there.
     let status = podman.run(&["exec", &name, "/usr/bin/tunnelctl", "sessions"])?;

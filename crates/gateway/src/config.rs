@@ -36,6 +36,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `[metrics]`: the Prometheus metrics listener.
     pub metrics: MetricsConfig,
+    /// `[dtls]`: the UDP (DTLS) data channel beside TLS.
+    pub dtls: DtlsConfig,
     /// `[control]`: the operator's control socket (`tunnelctl`).
     pub control: ControlConfig,
     /// `[ban]`: brute-force protection (per-source failure scores and bans).
@@ -256,6 +258,27 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             users_file: PathBuf::from("/etc/tunneld/users"),
+        }
+    }
+}
+
+/// `[dtls]`: the DTLS 1.2 (PSK-NEGOTIATE) data channel on UDP, on the address and port of
+/// `server.listen`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DtlsConfig {
+    /// Offer DTLS to clients that ask for it (openconnect does unless `--no-dtls`). Default true.
+    pub enabled: bool,
+    /// Seconds without any valid DTLS record from a client after which the gateway sends that
+    /// client's traffic over TLS again (ocserv's `switch-to-tcp-timeout`), at least 1. Default 25.
+    pub switch_to_tcp_secs: u32,
+}
+
+impl Default for DtlsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            switch_to_tcp_secs: 25,
         }
     }
 }
@@ -762,6 +785,7 @@ impl Config {
             ("timers.keepalive_secs", t.keepalive_secs),
             ("timers.cookie_timeout_secs", t.cookie_timeout_secs),
             ("timers.auth_timeout_secs", t.auth_timeout_secs),
+            ("dtls.switch_to_tcp_secs", self.dtls.switch_to_tcp_secs),
         ] {
             if value == 0 {
                 v.err(field, "must be at least 1 second");
@@ -1288,6 +1312,18 @@ dns = ["192.168.100.1", "192.168.100.53", "8.8.8.8", "fd00::1", "fd00::53", "0.0
         assert!(t("key = \"/k\"").is_err());
         assert!(t("pfx = \"/p\"\nkey = \"/k\"").is_err());
         assert!(t("pfx_password = \"x\"").is_err());
+    }
+
+    #[test]
+    fn dtls_section_parses_and_switch_timeout_must_be_positive() {
+        let c = Config::from_toml_str("[dtls]\nenabled = false\nswitch_to_tcp_secs = 7\n").unwrap();
+        assert!(!c.dtls.enabled);
+        assert_eq!(c.dtls.switch_to_tcp_secs, 7);
+        assert_eq!(
+            invalid_fields("[dtls]\nswitch_to_tcp_secs = 0\n"),
+            vec!["dtls.switch_to_tcp_secs"]
+        );
+        assert!(Config::from_toml_str("[dtls]\nport = 443\n").is_err());
     }
 
     #[test]

@@ -156,6 +156,20 @@ impl Gateway {
             .map(control::bind)
             .transpose()?;
 
+        let dtls = if config.dtls.enabled {
+            let (server, ctl) =
+                crate::dtls::DtlsServer::bind(config.server.listen, metrics.clone())
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        field: "server.listen (UDP, for [dtls])",
+                        addr: config.server.listen,
+                        source,
+                    })?;
+            Some((server, ctl))
+        } else {
+            None
+        };
+
         let (tun_tx, tun_rx) = mpsc::channel(4096);
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(config.clone()),
@@ -169,6 +183,7 @@ impl Gateway {
             tun_tx,
             started: Instant::now(),
             pin: cert.pin_sha256.clone(),
+            dtls: dtls.as_ref().map(|(server, _)| Arc::clone(server)),
             bans: Bans::new(metrics.clone()),
             health: Health::new(Some(tun.clone())),
             reload: ReloadState::new(config_path, CertInfo::from(&cert)),
@@ -199,6 +214,9 @@ impl Gateway {
             }
         }));
         tasks.push(tokio::spawn(server::serve(listener, Arc::clone(&shared))));
+        if let Some((server, ctl)) = dtls {
+            tasks.push(tokio::spawn(crate::dtls::run_demux(server, ctl)));
+        }
         if let Some(admin) = admin {
             tracing::info!(listen = ?config.metrics.listen, "metrics listening");
             tasks.push(tokio::spawn(crate::admin::serve(

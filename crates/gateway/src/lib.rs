@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod dtls;
 pub mod egress;
 pub mod health;
 pub mod metrics;

@@ -46,6 +46,58 @@ impl DropReason {
     }
 }
 
+/// Why a UDP datagram was dropped before or instead of reaching a DTLS session. The `reason` label
+/// of `tunneld_dtls_datagrams_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DtlsDrop {
+    /// From an address bound to no session, and not a ClientHello.
+    UnknownPeer,
+    /// A ClientHello that is truncated, fragmented or otherwise inconsistent.
+    MalformedHello,
+    /// A well-formed ClientHello whose session_id names no live App-ID (unknown, expired, or not
+    /// 32 bytes).
+    UnknownAppId,
+    /// The session's inbound datagram queue was full.
+    QueueFull,
+    /// Reached its session from an address that is neither its DTLS peer nor its handshake in
+    /// progress, or application data from a peer whose handshake has not completed.
+    StalePeer,
+    /// Not accepted by the session's DTLS state (bad record, alert, unexpected type).
+    BadRecord,
+}
+
+impl DtlsDrop {
+    /// How many reasons there are.
+    pub(crate) const COUNT: usize = 6;
+    /// Every reason, in [`Self::index`] order.
+    pub(crate) const ALL: [Self; Self::COUNT] = [
+        Self::UnknownPeer,
+        Self::MalformedHello,
+        Self::UnknownAppId,
+        Self::QueueFull,
+        Self::StalePeer,
+        Self::BadRecord,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnknownPeer => "unknown_peer",
+            Self::MalformedHello => "malformed_hello",
+            Self::UnknownAppId => "unknown_app_id",
+            Self::QueueFull => "queue_full",
+            Self::StalePeer => "stale_peer",
+            Self::BadRecord => "bad_record",
+        }
+    }
+
+    /// Position in [`Self::ALL`].
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// Every metric the gateway exports.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -78,6 +130,14 @@ pub struct Metrics {
     pub setup_seconds: Histogram,
     /// Build information (`version` label), always 1.
     pub build_info: IntGaugeVec,
+    /// DTLS handshakes, by `result` (`ok`, `failed`).
+    pub dtls_handshakes: IntCounterVec,
+    /// UDP datagrams dropped, by reason (see [`DtlsDrop`]).
+    pub dtls_drops: IntCounterVec,
+    /// IP packets carried over DTLS, by direction (a subset of `tunneld_packets_total`).
+    pub dtls_packets: IntCounterVec,
+    /// IP bytes carried over DTLS, by direction (a subset of `tunneld_bytes_total`).
+    pub dtls_bytes: IntCounterVec,
     /// Seconds from TCP accept to a completed TLS handshake.
     pub tls_handshake_seconds: Histogram,
     /// Connections closed at TCP accept, by reason (`banned`, `unauthenticated_limit`).
@@ -91,6 +151,7 @@ pub struct Metrics {
     /// Configuration reloads, by result (`success`, `failure`).
     pub config_reloads: IntCounterVec,
     drop_handles: [IntCounter; 5],
+    dtls_drop_handles: [IntCounter; DtlsDrop::COUNT],
     up_packets: IntCounter,
     up_bytes: IntCounter,
     down_packets: IntCounter,
@@ -237,6 +298,35 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         sessions_active.with_label_values(&["cstp"]).set(0);
+        sessions_active.with_label_values(&["dtls"]).set(0);
+        let dtls_handshakes = counter_vec(
+            "tunneld_dtls_handshakes_total",
+            "DTLS handshakes, by result.",
+            &["result"],
+        );
+        for r in ["ok", "failed"] {
+            dtls_handshakes.with_label_values(&[r]);
+        }
+        let dtls_drops = counter_vec(
+            "tunneld_dtls_datagrams_dropped_total",
+            "UDP datagrams dropped, by reason.",
+            &["reason"],
+        );
+        let dtls_drop_handles = DtlsDrop::ALL.map(|r| dtls_drops.with_label_values(&[r.as_str()]));
+        let dtls_packets = counter_vec(
+            "tunneld_dtls_packets_total",
+            "IP packets carried over DTLS, by direction.",
+            &["direction"],
+        );
+        let dtls_bytes = counter_vec(
+            "tunneld_dtls_bytes_total",
+            "IP bytes carried over DTLS, by direction.",
+            &["direction"],
+        );
+        for d in ["up", "down"] {
+            dtls_packets.with_label_values(&[d]);
+            dtls_bytes.with_label_values(&[d]);
+        }
         let drop_handles = DropReason::ALL.map(|r| drops.with_label_values(&[r.as_str()]));
         let up_packets = packets.with_label_values(&["up"]);
         let down_packets = packets.with_label_values(&["down"]);
@@ -258,6 +348,10 @@ impl Metrics {
             http_rejects,
             setup_seconds,
             build_info,
+            dtls_handshakes,
+            dtls_drops,
+            dtls_packets,
+            dtls_bytes,
             tls_handshake_seconds,
             connections_refused,
             unauthenticated_connections,
@@ -265,6 +359,7 @@ impl Metrics {
             bans,
             config_reloads,
             drop_handles,
+            dtls_drop_handles,
             up_packets,
             up_bytes,
             down_packets,
@@ -286,6 +381,14 @@ impl Metrics {
             .position(|r| *r == reason)
             .unwrap_or(0);
         if let (Some(c), true) = (self.drop_handles.get(i), n > 0) {
+            c.inc_by(n);
+        }
+    }
+
+    /// Counts `n` UDP datagrams dropped for `reason`.
+    #[inline]
+    pub fn dtls_drop(&self, reason: DtlsDrop, n: u64) {
+        if let (Some(c), true) = (self.dtls_drop_handles.get(reason.index()), n > 0) {
             c.inc_by(n);
         }
     }

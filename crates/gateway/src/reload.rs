@@ -162,6 +162,11 @@ fn restart_only(old: &Config, new: &Config, live_sessions: usize) -> Vec<FieldEr
         old.control.socket != new.control.socket,
         "the control socket is bound at start",
     );
+    restart(
+        "dtls.enabled",
+        !old.dtls.enabled && new.dtls.enabled,
+        "the UDP socket is bound at start (turning DTLS off works live)",
+    );
     let n = &old.network;
     let m = &new.network;
     restart(
@@ -355,6 +360,19 @@ mod tests {
                 "network.nat"
             ]
         );
+    }
+
+    #[test]
+    fn dtls_can_be_turned_off_live_but_on_only_by_restart() {
+        let on = cfg("");
+        let off = cfg("[dtls]\nenabled = false\n");
+        assert!(restart_only(&on, &off, 1).is_empty());
+        let fields: Vec<String> = restart_only(&off, &on, 1)
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(fields, vec!["dtls.enabled"]);
+        assert!(restart_only(&on, &cfg("[dtls]\nswitch_to_tcp_secs = 5\n"), 1).is_empty());
     }
 
     #[test]

@@ -63,6 +63,8 @@ pub struct Shared {
     /// The certificate's `pin-sha256:` value at start, for clients that pin it (after a reload
     /// see [`crate::reload::ReloadState::certificate`]).
     pub pin: String,
+    /// The DTLS (UDP) channel, when `[dtls] enabled`.
+    pub dtls: Option<Arc<crate::dtls::DtlsServer>>,
     /// Failure scores, bans and unauthenticated connections per source address.
     pub bans: Arc<Bans>,
     /// What `/readyz` checks.

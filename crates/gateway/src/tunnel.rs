@@ -4,6 +4,10 @@
 //! commands from the session registry (kick, replaced), and the DPD/idle timer from `tunnel-proto`.
 //! Downstream frames arrive ready-made from the data plane; each is handed to rustls as its own
 //! record (openconnect needs one frame per record), and a batch of records goes out in one flush.
+//!
+//! With DTLS (protocol doc §7) the task also owns the session's [`DtlsLink`]: datagrams from the
+//! UDP demux, the DTLS timers, and the choice of channel for downstream frames (DTLS while it is
+//! alive, CSTP otherwise). DISCONNECT and TERMINATE always go over CSTP.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -15,11 +19,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
-use tunnel_proto::connect::{self, ConnectRequest, ConnectResponse};
+use tunnel_proto::connect::{self, ConnectRequest, ConnectResponse, DtlsOffer};
 use tunnel_proto::cstp::{self, FrameType};
 use tunnel_proto::mtu;
 use tunnel_proto::timers::{SessionTimers, TimerConfig, TimerEvent};
 
+use crate::dtls::{DtlsLink, LinkEvent, LinkParams, PSK_LABEL, PSK_LEN};
 use crate::metrics::DropReason;
 use crate::packet::{self, OwnAddrs};
 use crate::server::Shared;
@@ -30,6 +35,42 @@ use crate::table::Route;
 const WRITE_BATCH: usize = 64;
 /// Bytes reserved before each TLS read.
 const READ_RESERVE: usize = 8 * 1024;
+
+/// Checks an upstream IP packet (from CSTP or DTLS) and hands it to the TUN writer. False when the
+/// data plane has stopped.
+async fn upstream(
+    sh: &Shared,
+    session: &Session,
+    own: &OwnAddrs,
+    payload: Bytes,
+    span: &tracing::Span,
+) -> bool {
+    match packet::check_upstream(&payload, own) {
+        Ok(()) => {
+            session.stats.add_up(payload.len());
+            sh.tun_tx.send(payload).await.is_ok()
+        }
+        Err(reason) => {
+            if reason == DropReason::SpoofedSource {
+                session
+                    .stats
+                    .dropped_spoofed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            sh.metrics.drop_packet(reason);
+            tracing::debug!(parent: span, reason = reason.as_str(), "upstream packet dropped");
+            true
+        }
+    }
+}
+
+/// Waits for the next datagram of the session's DTLS link; never resolves without one.
+async fn recv_dtls(link: &mut Option<DtlsLink>) -> Option<crate::dtls::Inbound> {
+    match link {
+        Some(l) => l.recv().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// How a connection ended.
 #[derive(Debug)]
@@ -86,7 +127,39 @@ pub(crate) async fn run(
     };
     let net = &cfg.network;
     let link_mtu = req.base_mtu.map_or(net.link_mtu, |b| b.min(net.link_mtu));
-    let tunnel_mtu = net.mtu.min(mtu::mtu_for(link_mtu, peer.is_ipv6(), false));
+    // DTLS when the client offers PSK-NEGOTIATE and it is enabled: the PSK comes from this TLS
+    // connection, and the App-ID is registered before the reply announcing it is written (§7.1).
+    let mut dtls = match (&sh.dtls, cfg.dtls.enabled && req.dtls_psk) {
+        (Some(server), true) => {
+            match tls
+                .get_ref()
+                .1
+                .export_keying_material([0u8; PSK_LEN], PSK_LABEL, None)
+            {
+                Ok(psk) => {
+                    let ip_udp = if peer.is_ipv6() { 48 } else { 28 };
+                    Some(server.register(
+                        session.id,
+                        psk,
+                        LinkParams {
+                            mtu: link_mtu.saturating_sub(ip_udp).max(256),
+                            switch_after: Duration::from_secs(u64::from(
+                                cfg.dtls.switch_to_tcp_secs.max(1),
+                            )),
+                        },
+                    ))
+                }
+                Err(e) => {
+                    tracing::warn!(session = session.id, %peer, error = %e, "TLS exporter failed; no DTLS");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let tunnel_mtu = net
+        .mtu
+        .min(mtu::mtu_for(link_mtu, peer.is_ipv6(), dtls.is_some()));
     let ipv6 = assigned.v6.filter(|_| req.ipv6_capable);
     let resp = ConnectResponse {
         ipv4: Some((assigned.v4, net.ipv4_pool.netmask())),
@@ -107,7 +180,17 @@ pub(crate) async fn run(
         banner: cfg.server.banner.clone(),
         server_name: cfg.server.server_name.clone(),
         rekey_secs: None,
-        dtls: None,
+        dtls: dtls.as_ref().map(|l| DtlsOffer {
+            port: l.server().port(),
+            app_id: l.app_id(),
+            dpd_secs: cfg.timers.dpd_secs,
+            // An idle client keeps its UDP path (and NAT binding) proven well within
+            // switch_to_tcp_secs, so silence really means loss.
+            keepalive_secs: cfg
+                .timers
+                .keepalive_secs
+                .min((cfg.dtls.switch_to_tcp_secs / 2).max(1)),
+        }),
     };
 
     let (tx, mut rx) = mpsc::channel::<Bytes>(net.queue_len.max(1));
@@ -151,8 +234,19 @@ pub(crate) async fn run(
     } else {
         tracing::info!(parent: &span, ipv4 = %assigned.v4, ipv6 = ?ipv6, mtu = tunnel_mtu, "session reconnected");
     }
-    let active = sh.metrics.sessions_active.with_label_values(&["cstp"]);
-    active.inc();
+    let active_cstp = sh.metrics.sessions_active.with_label_values(&["cstp"]);
+    let active_dtls = sh.metrics.sessions_active.with_label_values(&["dtls"]);
+    let dtls_up = (
+        sh.metrics.dtls_packets.with_label_values(&["up"]),
+        sh.metrics.dtls_bytes.with_label_values(&["up"]),
+    );
+    let dtls_down = (
+        sh.metrics.dtls_packets.with_label_values(&["down"]),
+        sh.metrics.dtls_bytes.with_label_values(&["down"]),
+    );
+    active_cstp.inc();
+    let mut on_dtls = false;
+    let mut up_batch: Vec<Bytes> = Vec::new();
     // Every frame is one record: rustls must accept each whole frame without splitting it, so the
     // send buffer is unbounded here and bounded by WRITE_BATCH and the flush below instead.
     tls.get_mut().1.set_buffer_limit(None);
@@ -179,6 +273,8 @@ pub(crate) async fn run(
             .map_or_else(far, tokio::time::Instant::from_std),
     );
     tokio::pin!(sleep);
+    let dtls_sleep = tokio::time::sleep_until(far());
+    tokio::pin!(dtls_sleep);
     buf.reserve(READ_RESERVE);
 
     let outcome = 'conn: loop {
@@ -201,24 +297,15 @@ pub(crate) async fn run(
             let now = Instant::now();
             timers.on_receive(now, header.kind == FrameType::Data);
             match header.kind {
-                FrameType::Data => match packet::check_upstream(&payload, &own) {
-                    Ok(()) => {
-                        session.stats.add_up(payload.len());
-                        if sh.tun_tx.send(payload.freeze()).await.is_err() {
-                            break 'conn Outcome::Lost("data plane stopped");
-                        }
+                FrameType::Data => {
+                    // DATA over CSTP means the client has lost DTLS (§7.8).
+                    if let Some(l) = dtls.as_mut() {
+                        l.on_cstp_data();
                     }
-                    Err(reason) => {
-                        if reason == DropReason::SpoofedSource {
-                            session
-                                .stats
-                                .dropped_spoofed
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        sh.metrics.drop_packet(reason);
-                        tracing::debug!(parent: &span, reason = reason.as_str(), "upstream packet dropped");
+                    if !upstream(&sh, &session, &own, payload.freeze(), &span).await {
+                        break 'conn Outcome::Lost("data plane stopped");
                     }
-                },
+                }
                 FrameType::DpdRequest => {
                     if let Err(e) = send_frame(&mut tls, FrameType::DpdResponse, &payload).await {
                         tracing::debug!(parent: &span, error = %e, "DPD response failed");
@@ -247,6 +334,26 @@ pub(crate) async fn run(
                 sleep.as_mut().reset(t);
             }
         }
+        if let Some(l) = dtls.as_ref() {
+            let t = l
+                .poll_timeout(Instant::now())
+                .map_or_else(far, tokio::time::Instant::from_std);
+            if t != dtls_sleep.deadline() {
+                dtls_sleep.as_mut().reset(t);
+            }
+            // Move the session between the transport gauges when its downstream channel changes.
+            if l.is_active() != on_dtls {
+                on_dtls = l.is_active();
+                let (from, to) = if on_dtls {
+                    (&active_cstp, &active_dtls)
+                } else {
+                    (&active_dtls, &active_cstp)
+                };
+                from.dec();
+                to.inc();
+                tracing::info!(parent: &span, transport = if on_dtls { "dtls" } else { "cstp" }, "downstream channel switched");
+            }
+        }
 
         tokio::select! {
             biased;
@@ -269,8 +376,74 @@ pub(crate) async fn run(
                 }
                 sleep.as_mut().reset(timers.poll_timeout().map_or_else(far, tokio::time::Instant::from_std));
             }
+            inb = recv_dtls(&mut dtls) => {
+                let (Some(inb), Some(link)) = (inb, dtls.as_mut()) else { continue };
+                let now = Instant::now();
+                let mut next = Some(inb);
+                let mut n = 0;
+                while let Some(inb) = next {
+                    if let Some(LinkEvent::Established { peer: udp_peer }) =
+                        link.on_datagram(inb, now, &mut up_batch)
+                    {
+                        tracing::debug!(parent: &span, %udp_peer, "DTLS up");
+                    }
+                    n += 1;
+                    next = if n < crate::dtls::RECV_BATCH { link.try_recv() } else { None };
+                }
+                link.flush().await;
+                let (packets, bytes) = link.take_up_counts();
+                dtls_up.0.inc_by(packets);
+                dtls_up.1.inc_by(bytes);
+                if !up_batch.is_empty() {
+                    // DATA counts for the idle timeout; CSTP's DPD clock is left to CSTP.
+                    timers.on_send_data(now);
+                }
+                for pkt in up_batch.drain(..) {
+                    if !upstream(&sh, &session, &own, pkt, &span).await {
+                        break 'conn Outcome::Lost("data plane stopped");
+                    }
+                }
+            }
+            () = &mut dtls_sleep, if dtls.is_some() => {
+                if let Some(l) = dtls.as_mut() {
+                    let _ = l.handle_timeout(Instant::now());
+                    l.flush().await;
+                }
+                dtls_sleep.as_mut().reset(far());
+            }
             frame = rx.recv() => {
                 let Some(frame) = frame else { break Outcome::Lost("route closed") };
+                if let Some(link) = dtls.as_mut().filter(|l| l.is_active()) {
+                    // Downstream over DTLS: each frame becomes one record, sent in GSO batches.
+                    let mut spill: Vec<Bytes> = Vec::new();
+                    let (mut packets, mut bytes) = (0u64, 0u64);
+                    let mut next = Some(frame);
+                    let mut n = 0;
+                    while let Some(f) = next {
+                        if link.encrypt_frame(&f) {
+                            packets += 1;
+                            bytes += f.len().saturating_sub(cstp::HEADER_LEN) as u64;
+                        } else {
+                            spill.push(f);
+                        }
+                        n += 1;
+                        next = if n < WRITE_BATCH { rx.try_recv().ok() } else { None };
+                    }
+                    link.flush().await;
+                    dtls_down.0.inc_by(packets);
+                    dtls_down.1.inc_by(bytes);
+                    timers.on_send_data(Instant::now());
+                    if !spill.is_empty() {
+                        let conn = tls.get_mut().1;
+                        let ok = spill.iter().all(|f| conn.writer().write_all(f).is_ok());
+                        match tokio::time::timeout(write_timeout, tls.flush()).await {
+                            Ok(Ok(())) if ok => {}
+                            Ok(_) => break Outcome::Lost("write error"),
+                            Err(_) => break Outcome::Lost("client stopped reading"),
+                        }
+                    }
+                    continue;
+                }
                 let conn = tls.get_mut().1;
                 let mut ok = conn.writer().write_all(&frame).is_ok();
                 let mut n = 1;
@@ -304,7 +477,13 @@ pub(crate) async fn run(
         }
     };
 
-    active.dec();
+    if on_dtls {
+        active_dtls.dec();
+    } else {
+        active_cstp.dec();
+    }
+    // Unregisters the App-ID and unbinds the UDP peers.
+    drop(dtls);
     sh.table.remove_if(assigned.index, &route);
     match outcome {
         Outcome::End(reason) => {

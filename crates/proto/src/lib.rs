@@ -8,6 +8,7 @@
 pub mod auth_xml;
 pub mod connect;
 pub mod cstp;
+pub mod dtls;
 pub mod http;
 pub mod mtu;
 pub mod timers;

@@ -1,0 +1,1585 @@
+//! The DTLS (UDP) data channel (protocol doc §7): one UDP socket on `server.listen` for every
+//! session, a demultiplexer task that hands each datagram to its session, and the per-session DTLS
+//! 1.2 PSK endpoint that the session's tunnel task owns and drives.
+//!
+//! ```text
+//!  UDP socket ──recvmmsg/GRO──▶ demux task ──bounded queue per session──▶ tunnel task: DtlsLink
+//!      ▲                        (peer -> session;                          (OpenSSL, sans-IO)
+//!      └───── sendmsg/GSO ───── ClientHello App-ID -> session)  ◀── downstream CSTP frames
+//! ```
+//!
+//! * **Matching.** A datagram from a bound peer address goes to that peer's session. Anything else
+//!   must be a well-formed ClientHello whose `session_id` is a live App-ID (registered with its PSK
+//!   before the CONNECT reply is written); then the peer is bound to that session. Everything else
+//!   is dropped and counted by reason, before any allocation or handshake state.
+//! * **No locks on the packet path.** The peer map belongs to the demux task alone; the App-ID
+//!   registry (a sharded map) is read only for ClientHellos. Each session's OpenSSL state belongs
+//!   to its tunnel task; the shared socket is written with `sendmsg`, which is atomic per call.
+//! * **Replacing DTLS state.** A ClientHello naming the session starts a *pending* handshake; the
+//!   established channel keeps working until the new handshake completes, and only then is
+//!   replaced. Someone who sees an App-ID on the wire (it is sent in clear) but lacks the PSK can
+//!   make a handshake fail, never take the channel away.
+//! * **OpenSSL, sans-IO.** The `Ssl` reads from and writes to [`Shim`]: a read hands OpenSSL
+//!   exactly one datagram or "would block", each write is one outgoing datagram. DTLS 1.2 only,
+//!   PSK AES-GCM and ChaCha20-Poly1305, no tickets, no session cache, no renegotiation, an explicit
+//!   MTU, and the handshake retransmit timer driven from the session's timer (§14).
+
+use std::collections::HashMap;
+use std::io::{self, IoSliceMut, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use dashmap::DashMap;
+use foreign_types::ForeignTypeRef;
+use openssl::error::ErrorStack;
+use openssl::ex_data::Index;
+use openssl::ssl::{
+    ErrorCode, Ssl, SslContext, SslContextBuilder, SslMethod, SslOptions, SslRef,
+    SslSessionCacheMode, SslStream, SslVersion,
+};
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tunnel_proto::cstp;
+use tunnel_proto::dtls::{self as wire, HelloError, Payload, APP_ID_LEN};
+
+use crate::metrics::{DtlsDrop, Metrics};
+
+/// The TLS exporter label openconnect derives the DTLS PSK with (§7.2).
+pub const PSK_LABEL: &[u8] = b"EXPORTER-openconnect-psk";
+/// Length of the PSK.
+pub const PSK_LEN: usize = 32;
+/// The PSK cipher suites offered, best first; openconnect offers all three (§7.3, §14).
+pub const CIPHERS: &str = "PSK-AES256-GCM-SHA384:PSK-CHACHA20-POLY1305:PSK-AES128-GCM-SHA256";
+/// Datagrams queued from the demux to one session before further ones are dropped.
+const SESSION_QUEUE: usize = 1024;
+/// A handshake that has not completed this long after its ClientHello fails.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes per receive slot: with GRO one slot can hold up to 64 KiB of coalesced datagrams.
+const RECV_SLOT: usize = 65535;
+/// Arena chunk that the demux copies forwarded datagrams into.
+const ARENA_CHUNK: usize = 256 * 1024;
+/// Arena chunk a session copies its decrypted upstream packets into (small: there is one per
+/// session).
+const SESSION_ARENA_CHUNK: usize = 16 * 1024;
+/// Largest DTLS record plaintext (2^14), plus room to spare: a read must take a whole record.
+const MAX_PLAINTEXT: usize = 16 * 1024 + 1024;
+/// How often the demux forgets peers of sessions that ended while their datagrams were queued.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+/// Largest UDP payload sent in one GSO call.
+const MAX_GSO_BYTES: usize = 64000;
+/// Socket buffer sizes asked for (the kernel caps them at `net.core.{r,w}mem_max`).
+const SOCKET_BUFFER: usize = 4 << 20;
+/// `recvmmsg` calls per wake-up of the demux task before it yields (and datagrams a session
+/// takes from its queue per wake-up).
+pub(crate) const RECV_BATCH: usize = 64;
+
+/// A datagram on its way from the demux task to its session.
+#[derive(Debug)]
+pub(crate) struct Inbound {
+    peer: SocketAddr,
+    /// The local address it was sent to (IP_PKTINFO), so replies leave from the same address: the
+    /// client's UDP socket is connected (§7.5).
+    local: Option<IpAddr>,
+    data: Bytes,
+}
+
+/// A live App-ID: which session it names and where its datagrams go.
+#[derive(Debug, Clone)]
+struct Registration {
+    session_id: u64,
+    tx: mpsc::Sender<Inbound>,
+}
+
+/// From a session to the demux task.
+#[derive(Debug)]
+pub(crate) enum Ctl {
+    /// The session no longer talks to `peer` (failed or replaced handshake, session over).
+    Forget {
+        /// The session.
+        session_id: u64,
+        /// The peer address to unbind.
+        peer: SocketAddr,
+    },
+}
+
+/// The shared half of the DTLS channel: the socket, the OpenSSL context and the App-ID registry.
+pub struct DtlsServer {
+    socket: UdpSocket,
+    state: UdpSocketState,
+    ctx: SslContext,
+    psk_index: Index<Ssl, [u8; PSK_LEN]>,
+    registry: DashMap<[u8; APP_ID_LEN], Registration>,
+    ctl: mpsc::UnboundedSender<Ctl>,
+    metrics: Metrics,
+    port: u16,
+}
+
+impl std::fmt::Debug for DtlsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DtlsServer")
+            .field("port", &self.port)
+            .field("app_ids", &self.registry.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The OpenSSL server context: DTLS 1.2 only, the PSK suites, the key read from each `Ssl`.
+fn context(psk_index: Index<Ssl, [u8; PSK_LEN]>) -> Result<SslContext, ErrorStack> {
+    let mut b = SslContextBuilder::new(SslMethod::dtls())?;
+    b.set_min_proto_version(Some(SslVersion::DTLS1_2))?;
+    b.set_max_proto_version(Some(SslVersion::DTLS1_2))?;
+    b.set_cipher_list(CIPHERS)?;
+    b.set_options(
+        SslOptions::NO_TICKET
+            | SslOptions::NO_QUERY_MTU
+            | SslOptions::NO_RENEGOTIATION
+            | SslOptions::CIPHER_SERVER_PREFERENCE,
+    );
+    b.set_session_cache_mode(SslSessionCacheMode::OFF);
+    // The client's identity is always "psk" (§7.2): the key comes from the session this Ssl
+    // belongs to, stored on it as ex-data.
+    b.set_psk_server_callback(move |ssl, _identity, out| {
+        let key = ssl.ex_data(psk_index).ok_or_else(ErrorStack::get)?;
+        let dst = out.get_mut(..PSK_LEN).ok_or_else(ErrorStack::get)?;
+        dst.copy_from_slice(key);
+        Ok(PSK_LEN)
+    });
+    Ok(b.build())
+}
+
+impl DtlsServer {
+    /// Binds the UDP socket on `addr` and prepares the OpenSSL context. Returns the server and the
+    /// control queue that [`run_demux`] must consume.
+    pub(crate) async fn bind(
+        addr: SocketAddr,
+        metrics: Metrics,
+    ) -> io::Result<(Arc<Self>, mpsc::UnboundedReceiver<Ctl>)> {
+        let socket = UdpSocket::bind(addr).await?;
+        let state = UdpSocketState::new((&socket).into())?;
+        for r in [
+            state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER),
+            state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER),
+        ] {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "cannot enlarge the UDP socket buffers");
+            }
+        }
+        let psk_index = Ssl::new_ex_index::<[u8; PSK_LEN]>().map_err(io::Error::other)?;
+        let ctx = context(psk_index).map_err(io::Error::other)?;
+        let port = socket.local_addr()?.port();
+        let (ctl, ctl_rx) = mpsc::unbounded_channel();
+        tracing::info!(
+            listen = %addr,
+            gro_segments = state.gro_segments(),
+            gso_segments = state.max_gso_segments(),
+            "DTLS listening"
+        );
+        Ok((
+            Arc::new(Self {
+                socket,
+                state,
+                ctx,
+                psk_index,
+                registry: DashMap::new(),
+                ctl,
+                metrics,
+                port,
+            }),
+            ctl_rx,
+        ))
+    }
+
+    /// The UDP port clients are told (`X-DTLS-Port`).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Registers a fresh random App-ID for session `session_id` with its `psk`, before the CONNECT
+    /// reply that announces it is written. The returned link unregisters it when dropped.
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        session_id: u64,
+        psk: [u8; PSK_LEN],
+        params: LinkParams,
+    ) -> DtlsLink {
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        let mut app_id = [0u8; APP_ID_LEN];
+        loop {
+            rand::Rng::fill(&mut rand::thread_rng(), &mut app_id);
+            if let dashmap::Entry::Vacant(v) = self.registry.entry(app_id) {
+                v.insert(Registration {
+                    session_id,
+                    tx: tx.clone(),
+                });
+                break;
+            }
+        }
+        drop(tx);
+        DtlsLink {
+            server: Arc::clone(self),
+            session_id,
+            app_id,
+            psk,
+            params,
+            rx,
+            established: None,
+            pending: None,
+            last_rx: Instant::now(),
+            active: false,
+            plain: Vec::new(),
+            reply: Vec::new(),
+            arena: BytesMut::new(),
+            up_packets: 0,
+            up_bytes: 0,
+        }
+    }
+
+    fn lookup(&self, sid: &[u8]) -> Option<Registration> {
+        let key: &[u8; APP_ID_LEN] = sid.try_into().ok()?;
+        self.registry.get(key).map(|r| r.value().clone())
+    }
+
+    /// Sends the datagrams in `out` (their lengths in `lens`) to `peer`, as few `sendmsg` calls as
+    /// GSO allows: a run of equal-sized datagrams (the last may be shorter) goes in one call.
+    async fn send(&self, peer: SocketAddr, local: Option<IpAddr>, out: &[u8], lens: &[usize]) {
+        let mut off = 0;
+        let mut i = 0;
+        while let Some(&size) = lens.get(i) {
+            let max_segments = self.state.max_gso_segments().max(1);
+            let mut n = 1;
+            let mut total = size;
+            while n < max_segments {
+                match lens.get(i + n) {
+                    Some(&l) if l <= size && total + l <= MAX_GSO_BYTES => {
+                        total += l;
+                        n += 1;
+                        if l < size {
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            let Some(contents) = out.get(off..off + total) else {
+                return;
+            };
+            let t = Transmit {
+                destination: peer,
+                ecn: None,
+                contents,
+                segment_size: (n > 1).then_some(size),
+                src_ip: local,
+            };
+            let sent = loop {
+                if let Err(e) = self.socket.writable().await {
+                    tracing::warn!(error = %e, "UDP socket failed");
+                    return;
+                }
+                match self.socket.try_io(Interest::WRITABLE, || {
+                    self.state.try_send((&self.socket).into(), &t)
+                }) {
+                    Ok(()) => break true,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "UDP send failed");
+                        break false;
+                    }
+                }
+            };
+            // A device without GSO fails the batch once and quinn-udp turns GSO off: send the same
+            // datagrams again one by one instead of losing them.
+            if !sent && n > 1 && self.state.max_gso_segments() == 1 {
+                continue;
+            }
+            off += total;
+            i += n;
+        }
+    }
+}
+
+/// Copies datagrams into shared chunks: one allocation per chunk, not per datagram.
+#[derive(Debug, Default)]
+struct Arena {
+    buf: BytesMut,
+}
+
+impl Arena {
+    fn copy(&mut self, d: &[u8]) -> Bytes {
+        copy_into(&mut self.buf, d, ARENA_CHUNK)
+    }
+}
+
+/// Appends `d` to the arena `buf` (a new `chunk`-sized allocation when it is full) and splits it
+/// off as its own `Bytes`.
+fn copy_into(buf: &mut BytesMut, d: &[u8], chunk: usize) -> Bytes {
+    if buf.capacity() < d.len() {
+        *buf = BytesMut::with_capacity(chunk.max(d.len()));
+    }
+    buf.extend_from_slice(d);
+    buf.split().freeze()
+}
+
+/// The peer map: which session each bound UDP peer belongs to. Owned by the demux task.
+#[derive(Debug, Default)]
+pub(crate) struct Demux {
+    peers: HashMap<SocketAddr, Registration>,
+}
+
+impl Demux {
+    /// Hands one datagram from `peer` to its session, or says why it was dropped. Only a
+    /// datagram that reaches a session is copied.
+    fn dispatch(
+        &mut self,
+        server: &DtlsServer,
+        peer: SocketAddr,
+        local: Option<IpAddr>,
+        d: &[u8],
+        arena: &mut Arena,
+    ) -> Result<(), DtlsDrop> {
+        let hello = wire::client_hello_session_id(d);
+        if let Some(bound) = self.peers.get(&peer) {
+            // A bound peer that sends a ClientHello for another live session moved to it (a new
+            // CONNECT reusing the same UDP port).
+            let target = match hello {
+                Ok(sid) => server
+                    .lookup(sid)
+                    .filter(|r| r.session_id != bound.session_id),
+                Err(_) => None,
+            };
+            match target {
+                Some(reg) => {
+                    self.peers.remove(&peer);
+                    return self.bind(peer, local, reg, d, arena);
+                }
+                None => match bound.tx.try_send(Inbound {
+                    peer,
+                    local,
+                    data: arena.copy(d),
+                }) {
+                    Ok(()) => return Ok(()),
+                    Err(mpsc::error::TrySendError::Full(_)) => return Err(DtlsDrop::QueueFull),
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        // The session is gone; the datagram may still be a new ClientHello.
+                        self.peers.remove(&peer);
+                    }
+                },
+            }
+        }
+        let sid = match hello {
+            Ok(sid) => sid,
+            Err(HelloError::NotHandshake | HelloError::NotClientHello) => {
+                return Err(DtlsDrop::UnknownPeer)
+            }
+            Err(_) => return Err(DtlsDrop::MalformedHello),
+        };
+        let reg = server.lookup(sid).ok_or(DtlsDrop::UnknownAppId)?;
+        self.bind(peer, local, reg, d, arena)
+    }
+
+    fn bind(
+        &mut self,
+        peer: SocketAddr,
+        local: Option<IpAddr>,
+        reg: Registration,
+        d: &[u8],
+        arena: &mut Arena,
+    ) -> Result<(), DtlsDrop> {
+        match reg.tx.try_send(Inbound {
+            peer,
+            local,
+            data: arena.copy(d),
+        }) {
+            Ok(()) => {
+                self.peers.insert(peer, reg);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(DtlsDrop::QueueFull),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(DtlsDrop::UnknownAppId),
+        }
+    }
+
+    /// Forgets peers whose session has ended (normally they are forgotten when the session ends or
+    /// on their next datagram; this catches peers that went quiet).
+    fn sweep(&mut self) {
+        self.peers.retain(|_, r| !r.tx.is_closed());
+    }
+
+    fn apply(&mut self, ctl: Ctl) {
+        match ctl {
+            Ctl::Forget { session_id, peer } => {
+                if self
+                    .peers
+                    .get(&peer)
+                    .is_some_and(|r| r.session_id == session_id)
+                {
+                    self.peers.remove(&peer);
+                }
+            }
+        }
+    }
+
+    /// Bound peers (for tests and debugging).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.peers.len()
+    }
+}
+
+/// Receives datagrams in batches (recvmmsg, GRO) and hands each to its session, until the socket
+/// fails or the task is cancelled.
+pub(crate) async fn run_demux(server: Arc<DtlsServer>, mut ctl: mpsc::UnboundedReceiver<Ctl>) {
+    let mut demux = Demux::default();
+    let mut arena = Arena::default();
+    let mut storage = vec![0u8; RECV_SLOT * quinn_udp::BATCH_SIZE];
+    let mut meta = [RecvMeta::default(); quinn_udp::BATCH_SIZE];
+    let mut drops = [0u64; DtlsDrop::COUNT];
+    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            c = ctl.recv() => match c {
+                Some(c) => {
+                    demux.apply(c);
+                    continue;
+                }
+                None => return,
+            },
+            _ = sweep.tick() => {
+                demux.sweep();
+                continue;
+            }
+            r = server.socket.readable() => if let Err(e) = r {
+                tracing::error!(error = %e, "DTLS socket failed; DTLS stopped");
+                return;
+            },
+        }
+        while let Ok(c) = ctl.try_recv() {
+            demux.apply(c);
+        }
+        for _ in 0..RECV_BATCH {
+            let res = {
+                let mut chunks = storage.chunks_mut(RECV_SLOT);
+                let mut bufs: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
+                    std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+                server.socket.try_io(Interest::READABLE, || {
+                    server
+                        .state
+                        .recv((&server.socket).into(), &mut bufs, &mut meta)
+                })
+            };
+            let n = match res {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    // ICMP errors from earlier sends surface here; the socket is fine.
+                    tracing::debug!(error = %e, "UDP receive error");
+                    continue;
+                }
+            };
+            for (m, slot) in meta.iter().zip(storage.chunks(RECV_SLOT)).take(n) {
+                let Some(data) = slot.get(..m.len) else {
+                    continue;
+                };
+                for d in data.chunks(m.stride.max(1)) {
+                    if let Err(reason) = demux.dispatch(&server, m.addr, m.dst_ip, d, &mut arena) {
+                        if let Some(c) = drops.get_mut(reason.index()) {
+                            *c += 1;
+                        }
+                    }
+                }
+            }
+        }
+        for (reason, n) in DtlsDrop::ALL.iter().zip(drops.iter_mut()) {
+            server.metrics.dtls_drop(*reason, std::mem::take(n));
+        }
+    }
+}
+
+/// OpenSSL's view of the network for one DTLS endpoint: exactly one datagram per read, one
+/// datagram per write.
+#[derive(Debug, Default)]
+struct Shim {
+    inbox: Option<Bytes>,
+    out: Vec<u8>,
+    lens: Vec<usize>,
+}
+
+impl Read for Shim {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(d) = self.inbox.take() else {
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        let n = d.len().min(buf.len());
+        if let (Some(dst), Some(src)) = (buf.get_mut(..n), d.get(..n)) {
+            dst.copy_from_slice(src);
+        }
+        Ok(n)
+    }
+}
+
+impl Write for Shim {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.extend_from_slice(buf);
+        self.lens.push(buf.len());
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The `DTLSv1_get_timeout` / `DTLSv1_handle_timeout` control commands (macros in ssl.h that the
+/// openssl crate does not wrap).
+const DTLS_CTRL_GET_TIMEOUT: libc::c_int = 73;
+const DTLS_CTRL_HANDLE_TIMEOUT: libc::c_int = 74;
+
+/// Time left on the handshake retransmit timer, if it runs.
+#[allow(unsafe_code)]
+fn retransmit_in(ssl: &SslRef) -> Option<Duration> {
+    let mut tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    // SAFETY: `ssl` is a live SSL object borrowed for the call; DTLS_CTRL_GET_TIMEOUT (the
+    // DTLSv1_get_timeout macro) writes one `struct timeval` through `parg`, which points to `tv`.
+    let r = unsafe {
+        openssl_sys::SSL_ctrl(
+            ssl.as_ptr(),
+            DTLS_CTRL_GET_TIMEOUT,
+            0,
+            (&mut tv as *mut libc::timeval).cast(),
+        )
+    };
+    (r == 1).then(|| {
+        Duration::from_secs(u64::try_from(tv.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(tv.tv_usec).unwrap_or(0))
+    })
+}
+
+/// Retransmits the last handshake flight if its timer expired (`DTLSv1_handle_timeout`).
+#[allow(unsafe_code)]
+fn handle_retransmit(ssl: &SslRef) {
+    // SAFETY: `ssl` is a live SSL object borrowed for the call; DTLS_CTRL_HANDLE_TIMEOUT takes no
+    // argument (NULL parg) and only writes through the SSL's own BIO, our `Shim`.
+    unsafe {
+        openssl_sys::SSL_ctrl(
+            ssl.as_ptr(),
+            DTLS_CTRL_HANDLE_TIMEOUT,
+            0,
+            std::ptr::null_mut(),
+        );
+    }
+}
+
+/// One DTLS association with one peer address.
+struct Endpoint {
+    peer: SocketAddr,
+    /// The gateway address the peer sends to; replies leave from it.
+    local: Option<IpAddr>,
+    /// The `random` of the ClientHello that started it, to recognise late retransmits.
+    hello_random: [u8; 32],
+    stream: SslStream<Shim>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A handshake in progress.
+#[derive(Debug)]
+struct Pending {
+    ep: Endpoint,
+    deadline: Instant,
+}
+
+/// Per-session settings of a DTLS link.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LinkParams {
+    /// Largest datagram (UDP payload) OpenSSL may build during the handshake.
+    pub(crate) mtu: u32,
+    /// UDP silence after which downstream traffic goes back to CSTP.
+    pub(crate) switch_after: Duration,
+}
+
+/// What one inbound datagram did to the link, for the tunnel task's logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinkEvent {
+    /// A handshake completed: DTLS is (again) established with `peer`.
+    Established {
+        /// The client's UDP address.
+        peer: SocketAddr,
+    },
+    /// A handshake failed.
+    HandshakeFailed,
+    /// The established channel was closed or broke.
+    Closed,
+}
+
+/// One session's DTLS channel, owned by its tunnel task.
+pub(crate) struct DtlsLink {
+    server: Arc<DtlsServer>,
+    session_id: u64,
+    app_id: [u8; APP_ID_LEN],
+    psk: [u8; PSK_LEN],
+    params: LinkParams,
+    rx: mpsc::Receiver<Inbound>,
+    established: Option<Endpoint>,
+    pending: Option<Pending>,
+    /// Last valid DTLS record from the established peer.
+    last_rx: Instant,
+    /// Downstream goes over DTLS.
+    active: bool,
+    plain: Vec<u8>,
+    reply: Vec<u8>,
+    arena: BytesMut,
+    up_packets: u64,
+    up_bytes: u64,
+}
+
+impl std::fmt::Debug for DtlsLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DtlsLink")
+            .field("session_id", &self.session_id)
+            .field("established", &self.established)
+            .field("pending", &self.pending)
+            .field("active", &self.active)
+            .finish_non_exhaustive()
+    }
+}
+
+fn hello_random(d: &[u8]) -> [u8; 32] {
+    let mut r = [0u8; 32];
+    if let Some(src) = d.get(27..59) {
+        r.copy_from_slice(src);
+    }
+    r
+}
+
+impl DtlsLink {
+    /// The App-ID announced in `X-DTLS-App-ID`.
+    pub(crate) fn app_id(&self) -> [u8; APP_ID_LEN] {
+        self.app_id
+    }
+
+    /// The shared server (port, socket).
+    pub(crate) fn server(&self) -> &Arc<DtlsServer> {
+        &self.server
+    }
+
+    /// True while downstream traffic should go over DTLS: established, and UDP heard from within
+    /// `switch_after`, and the client has not sent DATA over CSTP since.
+    pub(crate) fn is_active(&self) -> bool {
+        self.active && self.established.is_some()
+    }
+
+    /// The client sent DATA over CSTP: it has lost DTLS, so downstream goes over CSTP until the
+    /// next valid DTLS record.
+    pub(crate) fn on_cstp_data(&mut self) {
+        self.active = false;
+    }
+
+    /// Waits for the next datagram from the demux.
+    pub(crate) async fn recv(&mut self) -> Option<Inbound> {
+        self.rx.recv().await
+    }
+
+    /// The next datagram already queued, if any.
+    pub(crate) fn try_recv(&mut self) -> Option<Inbound> {
+        self.rx.try_recv().ok()
+    }
+
+    fn forget(&self, peer: SocketAddr) {
+        let _ = self.server.ctl.send(Ctl::Forget {
+            session_id: self.session_id,
+            peer,
+        });
+    }
+
+    fn new_endpoint(
+        &self,
+        peer: SocketAddr,
+        local: Option<IpAddr>,
+        d: &[u8],
+    ) -> Result<Endpoint, ErrorStack> {
+        let mut ssl = Ssl::new(&self.server.ctx)?;
+        ssl.set_ex_data(self.server.psk_index, self.psk);
+        ssl.set_mtu(self.params.mtu)?;
+        let stream = SslStream::new(ssl, Shim::default())?;
+        Ok(Endpoint {
+            peer,
+            local,
+            hello_random: hello_random(d),
+            stream,
+        })
+    }
+
+    fn fail_pending(&mut self, why: &'static str) {
+        if let Some(p) = self.pending.take() {
+            self.server
+                .metrics
+                .dtls_handshakes
+                .with_label_values(&["failed"])
+                .inc();
+            // Debug level: anyone who saw the App-ID on the wire can make handshakes fail.
+            tracing::debug!(session = self.session_id, peer = %p.ep.peer, why, "DTLS handshake failed");
+            if self.established.as_ref().map(|e| e.peer) != Some(p.ep.peer) {
+                self.forget(p.ep.peer);
+            }
+        }
+    }
+
+    fn close_established(&mut self) {
+        if let Some(ep) = self.established.take() {
+            if self.pending.as_ref().map(|p| p.ep.peer) != Some(ep.peer) {
+                self.forget(ep.peer);
+            }
+        }
+        self.active = false;
+    }
+
+    /// Handles one datagram: handshake progress, or records of the established channel. Decrypted
+    /// IP packets are appended to `up` (unchecked: the caller applies the same checks as for
+    /// CSTP). Replies (handshake flights, DPD answers) wait in the endpoints until [`Self::flush`].
+    pub(crate) fn on_datagram(
+        &mut self,
+        inb: Inbound,
+        now: Instant,
+        up: &mut Vec<Bytes>,
+    ) -> Option<LinkEvent> {
+        let Inbound { peer, local, data } = inb;
+        let names_us = wire::client_hello_session_id(&data).is_ok_and(|sid| sid == self.app_id);
+        if names_us {
+            let random = hello_random(&data);
+            if self
+                .established
+                .as_ref()
+                .is_some_and(|e| e.peer == peer && e.hello_random == random)
+            {
+                // A late copy of the ClientHello that started the channel we already have.
+                return None;
+            }
+            // A ClientHello from the peer whose handshake is in progress is a retransmit (or the
+            // answer to a HelloVerifyRequest) and belongs to it; any other starts a new handshake.
+            if self.pending.as_ref().is_none_or(|p| p.ep.peer != peer) {
+                self.fail_pending("replaced by a new ClientHello");
+                match self.new_endpoint(peer, local, &data) {
+                    Ok(ep) => {
+                        self.pending = Some(Pending {
+                            ep,
+                            deadline: now + HANDSHAKE_TIMEOUT,
+                        })
+                    }
+                    Err(e) => {
+                        tracing::warn!(session = self.session_id, error = %e, "cannot create DTLS state");
+                        self.forget(peer);
+                        return None;
+                    }
+                }
+            }
+        }
+        // Records of the established channel (application data, alerts) go to it; handshake
+        // records to a handshake from the same peer if there is one.
+        let app_record = matches!(
+            data.first(),
+            Some(&wire::CONTENT_APPLICATION_DATA) | Some(21)
+        );
+        let to_established = self.established.as_ref().is_some_and(|e| e.peer == peer)
+            && (app_record || self.pending.as_ref().is_none_or(|p| p.ep.peer != peer));
+        if !to_established {
+            if let Some(p) = self.pending.as_mut().filter(|p| p.ep.peer == peer) {
+                if data.first() == Some(&wire::CONTENT_APPLICATION_DATA) {
+                    // A client sends no application data before the handshake completes.
+                    self.server.metrics.dtls_drop(DtlsDrop::StalePeer, 1);
+                    return None;
+                }
+                p.ep.stream.get_mut().inbox = Some(data);
+                return match p.ep.stream.accept() {
+                    Ok(()) => Some(self.promote(now, up)),
+                    Err(e) if e.code() == ErrorCode::WANT_READ => None,
+                    Err(e) => {
+                        tracing::debug!(session = self.session_id, error = %e, "DTLS handshake error");
+                        self.fail_pending("handshake error");
+                        Some(LinkEvent::HandshakeFailed)
+                    }
+                };
+            }
+            self.server.metrics.dtls_drop(DtlsDrop::StalePeer, 1);
+            self.forget(peer);
+            return None;
+        }
+        if let Some(ep) = self.established.as_mut() {
+            ep.stream.get_mut().inbox = Some(data);
+        }
+        self.read_established(now, up)
+    }
+
+    /// The pending handshake completed: it becomes the established channel.
+    fn promote(&mut self, now: Instant, up: &mut Vec<Bytes>) -> LinkEvent {
+        let Some(p) = self.pending.take() else {
+            return LinkEvent::HandshakeFailed;
+        };
+        let peer = p.ep.peer;
+        if let Some(old) = self.established.replace(p.ep) {
+            if old.peer != peer {
+                self.forget(old.peer);
+            }
+        }
+        self.server
+            .metrics
+            .dtls_handshakes
+            .with_label_values(&["ok"])
+            .inc();
+        if let Some(ep) = &self.established {
+            let ssl = ep.stream.ssl();
+            tracing::info!(
+                session = self.session_id,
+                %peer,
+                version = ssl.version_str(),
+                cipher = ssl.current_cipher().map_or("?", |c| c.name()),
+                "DTLS established"
+            );
+        }
+        self.last_rx = now;
+        self.active = true;
+        // The datagram that finished the handshake may carry records already.
+        let _ = self.read_established(now, up);
+        LinkEvent::Established { peer }
+    }
+
+    fn read_established(&mut self, now: Instant, up: &mut Vec<Bytes>) -> Option<LinkEvent> {
+        let Self {
+            established,
+            plain,
+            reply,
+            arena,
+            server,
+            ..
+        } = self;
+        let ep = established.as_mut()?;
+        if plain.len() < MAX_PLAINTEXT {
+            plain.resize(MAX_PLAINTEXT, 0);
+        }
+        let mut closed = false;
+        let mut valid = false;
+        loop {
+            let n = match ep.stream.ssl_read(plain) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.code() == ErrorCode::WANT_READ => break,
+                Err(e) => {
+                    if e.code() != ErrorCode::ZERO_RETURN {
+                        server.metrics.dtls_drop(DtlsDrop::BadRecord, 1);
+                        tracing::debug!(error = %e, "DTLS read error");
+                    }
+                    closed = true;
+                    break;
+                }
+            };
+            let Some(record) = plain.get(..n) else { break };
+            valid = true;
+            match wire::decode(record) {
+                Ok(Payload::Data(pkt)) => {
+                    self.up_packets += 1;
+                    self.up_bytes += pkt.len() as u64;
+                    up.push(copy_into(arena, pkt, SESSION_ARENA_CHUNK));
+                }
+                Ok(Payload::DpdRequest(rest)) => {
+                    reply.clear();
+                    wire::dpd_response(rest, reply);
+                    if ep.stream.ssl_write(reply).is_err() {
+                        closed = true;
+                        break;
+                    }
+                }
+                Ok(Payload::DpdResponse | Payload::Keepalive) => {}
+                Ok(_) | Err(_) => server.metrics.dtls_drop(DtlsDrop::BadRecord, 1),
+            }
+        }
+        ep.stream.get_mut().inbox = None;
+        if valid {
+            self.last_rx = now;
+            self.active = true;
+        }
+        if closed {
+            tracing::info!(session = self.session_id, "DTLS channel closed");
+            self.close_established();
+            return Some(LinkEvent::Closed);
+        }
+        None
+    }
+
+    /// IP packets and bytes received over DTLS since the last call.
+    pub(crate) fn take_up_counts(&mut self) -> (u64, u64) {
+        (
+            std::mem::take(&mut self.up_packets),
+            std::mem::take(&mut self.up_bytes),
+        )
+    }
+
+    /// Encrypts one downstream CSTP DATA frame (as the data plane builds it) as one DTLS record.
+    /// The record is `[0x00] + IP packet`, which is exactly the frame from its byte 7 on (byte 7
+    /// of a CSTP header is always zero), so nothing is copied. False if DTLS is not established
+    /// or the frame is not DATA: send it over CSTP then.
+    pub(crate) fn encrypt_frame(&mut self, frame: &[u8]) -> bool {
+        let Some(ep) = self.established.as_mut() else {
+            return false;
+        };
+        if frame.get(6..8) != Some(&[cstp::FrameType::Data as u8, 0]) {
+            return false;
+        }
+        let Some(record) = frame.get(cstp::HEADER_LEN - 1..) else {
+            return false;
+        };
+        if ep.stream.ssl_write(record).is_ok() {
+            return true;
+        }
+        tracing::info!(session = self.session_id, "DTLS write failed; back to CSTP");
+        self.close_established();
+        false
+    }
+
+    /// Sends every datagram the endpoints have produced (handshake flights, DPD answers, data).
+    pub(crate) async fn flush(&mut self) {
+        let server = &self.server;
+        for ep in [
+            self.established.as_mut(),
+            self.pending.as_mut().map(|p| &mut p.ep),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let (peer, local) = (ep.peer, ep.local);
+            let shim = ep.stream.get_mut();
+            if !shim.lens.is_empty() {
+                server.send(peer, local, &shim.out, &shim.lens).await;
+                shim.out.clear();
+                shim.lens.clear();
+            }
+        }
+    }
+
+    /// When [`Self::handle_timeout`] must run next: the handshake deadline or retransmit timer, or
+    /// the moment UDP has been silent for `switch_after`.
+    pub(crate) fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        let pending = self.pending.as_ref().map(|p| {
+            retransmit_in(p.ep.stream.ssl()).map_or(p.deadline, |d| (now + d).min(p.deadline))
+        });
+        let switch = self
+            .is_active()
+            .then(|| self.last_rx + self.params.switch_after);
+        [pending, switch].into_iter().flatten().min()
+    }
+
+    /// Runs the timers: fails an expired handshake, retransmits a handshake flight, and moves
+    /// downstream traffic back to CSTP after `switch_after` without UDP.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) -> Option<LinkEvent> {
+        let mut event = None;
+        if self.pending.as_ref().is_some_and(|p| now >= p.deadline) {
+            self.fail_pending("timed out");
+            event = Some(LinkEvent::HandshakeFailed);
+        } else if let Some(p) = &self.pending {
+            handle_retransmit(p.ep.stream.ssl());
+        }
+        if self.is_active() && now >= self.last_rx + self.params.switch_after {
+            self.active = false;
+        }
+        event
+    }
+}
+
+impl Drop for DtlsLink {
+    fn drop(&mut self) {
+        let id = self.session_id;
+        self.server
+            .registry
+            .remove_if(&self.app_id, |_, r| r.session_id == id);
+        let peers: Vec<SocketAddr> = self
+            .established
+            .iter()
+            .map(|e| e.peer)
+            .chain(self.pending.iter().map(|p| p.ep.peer))
+            .collect();
+        for peer in peers {
+            self.forget(peer);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn server() -> (Arc<DtlsServer>, mpsc::UnboundedReceiver<Ctl>) {
+        DtlsServer::bind("127.0.0.1:0".parse().unwrap(), Metrics::new())
+            .await
+            .unwrap()
+    }
+
+    fn params() -> LinkParams {
+        LinkParams {
+            mtu: 1472,
+            switch_after: Duration::from_secs(25),
+        }
+    }
+
+    /// A ClientHello in openconnect's shape (protocol doc §7.3) naming `sid`.
+    fn hello(sid: &[u8]) -> Vec<u8> {
+        let mut body = vec![0xFE, 0xFD];
+        body.extend([7u8; 32]);
+        body.push(u8::try_from(sid.len()).unwrap());
+        body.extend_from_slice(sid);
+        body.extend_from_slice(&[0, 0, 2, 0x00, 0xA9, 1, 0]);
+        let len = u32::try_from(body.len()).unwrap().to_be_bytes();
+        let mut hs = vec![
+            1, len[1], len[2], len[3], 0, 0, 0, 0, 0, len[1], len[2], len[3],
+        ];
+        hs.extend_from_slice(&body);
+        let mut d = vec![22, 0xFE, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0];
+        d.extend_from_slice(&u16::try_from(hs.len()).unwrap().to_be_bytes());
+        d.extend_from_slice(&hs);
+        d
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([198, 18, 1, 2], port))
+    }
+
+    #[tokio::test]
+    async fn junk_from_unknown_peers_is_dropped_by_reason_without_binding() {
+        let (srv, _ctl) = server().await;
+        let mut link = srv.register(1, [1; 32], params());
+        let mut demux = Demux::default();
+        let mut arena = Arena::default();
+        let live = hello(&link.app_id());
+        let cases: Vec<(Vec<u8>, DtlsDrop)> = vec![
+            (vec![], DtlsDrop::UnknownPeer),
+            (vec![0x17, 0xfe, 0xfd, 0, 1], DtlsDrop::UnknownPeer),
+            (b"GET / HTTP/1.1\r\n".to_vec(), DtlsDrop::UnknownPeer),
+            (live[..70].to_vec(), DtlsDrop::MalformedHello),
+            (live[..13].to_vec(), DtlsDrop::MalformedHello),
+            (hello(&[0xAB; 32]), DtlsDrop::UnknownAppId),
+            (hello(&link.app_id()[..16]), DtlsDrop::UnknownAppId),
+            (hello(&[]), DtlsDrop::UnknownAppId),
+        ];
+        for (i, (d, want)) in cases.iter().enumerate() {
+            let got = demux.dispatch(&srv, addr(1000 + i as u16), None, d, &mut arena);
+            assert_eq!(got, Err(*want), "case {i}");
+        }
+        assert_eq!(demux.len(), 0, "no junk may bind a peer");
+        assert!(link.try_recv().is_none(), "no junk may reach the session");
+        assert!(arena.buf.capacity() == 0, "no junk may be copied");
+    }
+
+    #[tokio::test]
+    async fn hello_naming_a_live_app_id_binds_its_peer_and_later_datagrams_follow() {
+        let (srv, _ctl) = server().await;
+        let mut a = srv.register(1, [1; 32], params());
+        let mut b = srv.register(2, [2; 32], params());
+        let mut demux = Demux::default();
+        let mut arena = Arena::default();
+        let pa = addr(4000);
+        demux
+            .dispatch(&srv, pa, None, &hello(&a.app_id()), &mut arena)
+            .unwrap();
+        let got = a.try_recv().unwrap();
+        assert_eq!(got.peer, pa);
+        // Application data from the bound peer now goes to the same session, not by App-ID.
+        demux
+            .dispatch(&srv, pa, None, &[0x17, 0xfe, 0xfd, 0, 1, 2], &mut arena)
+            .unwrap();
+        assert_eq!(
+            &a.try_recv().unwrap().data[..],
+            &[0x17, 0xfe, 0xfd, 0, 1, 2]
+        );
+        assert!(b.try_recv().is_none());
+        // The same data from a second address is not matched by IP or anything else.
+        assert_eq!(
+            demux.dispatch(
+                &srv,
+                addr(4001),
+                None,
+                &[0x17, 0xfe, 0xfd, 0, 1, 2],
+                &mut arena
+            ),
+            Err(DtlsDrop::UnknownPeer)
+        );
+        // A new CONNECT's ClientHello from the same port moves the peer to the other session.
+        demux
+            .dispatch(&srv, pa, None, &hello(&b.app_id()), &mut arena)
+            .unwrap();
+        assert_eq!(b.try_recv().unwrap().peer, pa);
+        assert!(a.try_recv().is_none());
+    }
+
+    #[tokio::test]
+    async fn forget_and_ended_sessions_unbind_peers() {
+        let (srv, mut ctl) = server().await;
+        let a = srv.register(1, [1; 32], params());
+        let app_id = a.app_id();
+        let mut demux = Demux::default();
+        let mut arena = Arena::default();
+        demux
+            .dispatch(&srv, addr(5000), None, &hello(&app_id), &mut arena)
+            .unwrap();
+        assert_eq!(demux.len(), 1);
+        // A Forget for another session changes nothing.
+        demux.apply(Ctl::Forget {
+            session_id: 9,
+            peer: addr(5000),
+        });
+        assert_eq!(demux.len(), 1);
+        drop(a);
+        assert!(srv.registry.is_empty(), "the App-ID dies with its link");
+        // The link knew no peer (it never processed the datagram), so nothing was queued...
+        assert!(ctl.try_recv().is_err());
+        // ...and the closed queue unbinds the peer on its next datagram.
+        assert_eq!(
+            demux.dispatch(&srv, addr(5000), None, &[0x17, 0xfe, 0xfd], &mut arena),
+            Err(DtlsDrop::UnknownPeer)
+        );
+        assert_eq!(demux.len(), 0);
+        assert_eq!(
+            demux.dispatch(&srv, addr(5001), None, &hello(&app_id), &mut arena),
+            Err(DtlsDrop::UnknownAppId),
+            "an expired App-ID matches nothing"
+        );
+        // A peer of an ended session that never sends again is swept.
+        let b = srv.register(2, [2; 32], params());
+        demux
+            .dispatch(&srv, addr(5002), None, &hello(&b.app_id()), &mut arena)
+            .unwrap();
+        demux.sweep();
+        assert_eq!(demux.len(), 1, "a live session's peer stays");
+        drop(b);
+        demux.sweep();
+        assert_eq!(demux.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_session_queue_drops_instead_of_growing() {
+        let (srv, _ctl) = server().await;
+        let _a = srv.register(1, [1; 32], params());
+        let app_id = _a.app_id();
+        let mut demux = Demux::default();
+        let mut arena = Arena::default();
+        let h = hello(&app_id);
+        let mut full = 0;
+        for _ in 0..SESSION_QUEUE + 10 {
+            if demux.dispatch(&srv, addr(6000), None, &h, &mut arena) == Err(DtlsDrop::QueueFull) {
+                full += 1;
+            }
+        }
+        assert_eq!(full, 10);
+    }
+
+    #[tokio::test]
+    async fn stale_peer_datagrams_are_dropped_and_unbound_by_the_session() {
+        let (srv, mut ctl) = server().await;
+        let mut a = srv.register(1, [1; 32], params());
+        let mut up = Vec::new();
+        let ev = a.on_datagram(
+            Inbound {
+                peer: addr(7000),
+                local: None,
+                data: Bytes::from_static(&[0x17, 0xfe, 0xfd, 0, 1]),
+            },
+            Instant::now(),
+            &mut up,
+        );
+        assert_eq!(ev, None);
+        assert!(up.is_empty());
+        assert!(matches!(
+            ctl.try_recv(),
+            Ok(Ctl::Forget { session_id: 1, peer }) if peer == addr(7000)
+        ));
+    }
+
+    /// An OpenSSL DTLS 1.2 PSK client standing in for openconnect: identity "psk", the PSK suites,
+    /// and a session whose id is the App-ID, so its ClientHello carries the App-ID in `session_id`
+    /// exactly as GnuTLS does (§7.3); the server's full handshake then replaces that "session".
+    struct Client {
+        stream: SslStream<Shim>,
+        peer: SocketAddr,
+    }
+
+    /// A DER `SSL_SESSION` (OpenSSL's ASN.1 form): version 1, DTLS 1.2, PSK-AES256-GCM-SHA384,
+    /// session id = `app_id`, a throwaway master key.
+    fn session_der(app_id: &[u8; 32]) -> Vec<u8> {
+        let mut inner = vec![
+            0x02, 0x01, 0x01, 0x02, 0x03, 0x00, 0xFE, 0xFD, 0x04, 0x02, 0x00, 0xA9,
+        ];
+        inner.extend_from_slice(&[0x04, 0x20]);
+        inner.extend_from_slice(app_id);
+        inner.extend_from_slice(&[0x04, 0x30]);
+        inner.extend_from_slice(&[0x5A; 48]);
+        let mut der = vec![0x30, u8::try_from(inner.len()).unwrap()];
+        der.extend_from_slice(&inner);
+        der
+    }
+
+    impl Client {
+        fn new(app_id: &[u8; 32], psk: [u8; 32], port: u16) -> Self {
+            use openssl::ssl::SslSession;
+            let mut b = SslContextBuilder::new(SslMethod::dtls()).unwrap();
+            b.set_min_proto_version(Some(SslVersion::DTLS1_2)).unwrap();
+            b.set_max_proto_version(Some(SslVersion::DTLS1_2)).unwrap();
+            b.set_cipher_list(CIPHERS).unwrap();
+            b.set_options(SslOptions::NO_QUERY_MTU | SslOptions::NO_TICKET);
+            b.set_psk_client_callback(move |_, _, identity, key| {
+                identity[..4].copy_from_slice(b"psk\0");
+                key[..32].copy_from_slice(&psk);
+                Ok(32)
+            });
+            let ctx = b.build();
+            let mut ssl = Ssl::new(&ctx).unwrap();
+            ssl.set_mtu(1400).unwrap();
+            let session = SslSession::from_der(&session_der(app_id)).unwrap();
+            // SAFETY: the session was made for this protocol and cipher list, and OpenSSL takes
+            // its own reference to it.
+            #[allow(unsafe_code)]
+            unsafe {
+                ssl.set_session(&session).unwrap();
+            }
+            ssl.set_connect_state();
+            Self {
+                stream: SslStream::new(ssl, Shim::default()).unwrap(),
+                peer: addr(port),
+            }
+        }
+
+        /// Datagrams the client has produced.
+        fn take(&mut self) -> Vec<Bytes> {
+            take_out(self.stream.get_mut())
+        }
+
+        /// Feeds one datagram from the gateway; returns decrypted application records.
+        fn feed(&mut self, d: Bytes) -> Vec<Vec<u8>> {
+            self.stream.get_mut().inbox = Some(d);
+            let mut records = Vec::new();
+            if !self.stream.ssl().is_init_finished() {
+                match self.stream.do_handshake() {
+                    Ok(()) => {}
+                    Err(e) if e.code() == ErrorCode::WANT_READ => return records,
+                    Err(e) => panic!("client handshake failed: {e}"),
+                }
+            }
+            let mut buf = vec![0u8; MAX_PLAINTEXT];
+            while let Ok(n) = self.stream.ssl_read(&mut buf) {
+                records.push(buf[..n].to_vec());
+            }
+            records
+        }
+
+        fn send(&mut self, record: &[u8]) -> Vec<Bytes> {
+            self.stream.ssl_write(record).unwrap();
+            self.take()
+        }
+    }
+
+    fn take_out(shim: &mut Shim) -> Vec<Bytes> {
+        let mut off = 0;
+        let out = shim
+            .lens
+            .iter()
+            .map(|&l| {
+                let d = Bytes::copy_from_slice(&shim.out[off..off + l]);
+                off += l;
+                d
+            })
+            .collect();
+        shim.out.clear();
+        shim.lens.clear();
+        out
+    }
+
+    /// What the link has produced for its peers (handshake flights, replies, data).
+    fn link_out(link: &mut DtlsLink) -> Vec<(SocketAddr, Bytes)> {
+        let mut v = Vec::new();
+        for ep in [
+            link.established.as_mut(),
+            link.pending.as_mut().map(|p| &mut p.ep),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let peer = ep.peer;
+            v.extend(take_out(ep.stream.get_mut()).into_iter().map(|d| (peer, d)));
+        }
+        v
+    }
+
+    /// Runs a handshake between `client` and `link` in memory; returns the link's last event.
+    fn handshake(client: &mut Client, link: &mut DtlsLink, now: Instant) -> Option<LinkEvent> {
+        let mut up = Vec::new();
+        let _ = client.stream.do_handshake();
+        let mut last = None;
+        for _ in 0..10 {
+            let to_gw = client.take();
+            if to_gw.is_empty() && client.stream.ssl().is_init_finished() {
+                break;
+            }
+            for d in to_gw {
+                let inb = Inbound {
+                    peer: client.peer,
+                    local: None,
+                    data: d,
+                };
+                if let Some(ev) = link.on_datagram(inb, now, &mut up) {
+                    last = Some(ev);
+                }
+            }
+            for (peer, d) in link_out(link) {
+                if peer == client.peer {
+                    client.feed(d);
+                }
+            }
+        }
+        last
+    }
+
+    #[tokio::test]
+    async fn in_memory_psk_handshake_then_probes_echo_and_data_flows_both_ways() {
+        let (srv, _ctl) = server().await;
+        let psk = [0x42; 32];
+        let mut link = srv.register(1, psk, params());
+        let mut client = Client::new(&link.app_id(), psk, 9000);
+        let now = Instant::now();
+        assert_eq!(
+            handshake(&mut client, &mut link, now),
+            Some(LinkEvent::Established { peer: addr(9000) })
+        );
+        assert!(client.stream.ssl().is_init_finished());
+        assert!(link.is_active());
+        assert_eq!(
+            client.stream.ssl().current_cipher().unwrap().name(),
+            "PSK-AES256-GCM-SHA384"
+        );
+        assert_eq!(client.stream.ssl().version_str(), "DTLSv1.2");
+
+        // An MTU probe is echoed byte for byte with its length (§7.7).
+        let mut probe = vec![0x03, 1, 2, 3, 4];
+        probe.resize(1401, 0);
+        let mut up = Vec::new();
+        for d in client.send(&probe) {
+            let inb = Inbound {
+                peer: addr(9000),
+                local: None,
+                data: d,
+            };
+            assert_eq!(link.on_datagram(inb, now, &mut up), None);
+        }
+        let replies: Vec<Vec<u8>> = link_out(&mut link)
+            .into_iter()
+            .flat_map(|(_, d)| client.feed(d))
+            .collect();
+        assert_eq!(replies.len(), 1);
+        assert_eq!(replies[0].len(), probe.len());
+        assert_eq!(replies[0][0], 0x04);
+        assert_eq!(&replies[0][1..], &probe[1..]);
+
+        // Upstream DATA comes out as the bare IP packet; keepalives produce nothing.
+        let pkt = [
+            0x45u8, 0, 0, 20, 9, 9, 9, 9, 64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1,
+        ];
+        let mut rec = vec![0x00];
+        rec.extend_from_slice(&pkt);
+        for d in client.send(&rec).into_iter().chain(client.send(&[0x07])) {
+            let inb = Inbound {
+                peer: addr(9000),
+                local: None,
+                data: d,
+            };
+            link.on_datagram(inb, now, &mut up);
+        }
+        assert_eq!(up.len(), 1);
+        assert_eq!(&up[0][..], &pkt[..]);
+        assert!(
+            link_out(&mut link).is_empty(),
+            "a keepalive is never answered"
+        );
+
+        // Downstream: a CSTP DATA frame from the data plane becomes one [0x00] + packet record.
+        let mut frame = Vec::new();
+        cstp::encode(cstp::FrameType::Data, &pkt, &mut frame).unwrap();
+        assert!(link.encrypt_frame(&frame));
+        let got: Vec<Vec<u8>> = link_out(&mut link)
+            .into_iter()
+            .flat_map(|(_, d)| client.feed(d))
+            .collect();
+        assert_eq!(got, vec![rec.clone()]);
+        // Anything but DATA is refused (it goes over CSTP).
+        let mut dpd = Vec::new();
+        cstp::encode(cstp::FrameType::DpdRequest, &[], &mut dpd).unwrap();
+        assert!(!link.encrypt_frame(&dpd));
+    }
+
+    #[tokio::test]
+    async fn a_wrong_psk_never_establishes() {
+        let (srv, _ctl) = server().await;
+        let mut link = srv.register(1, [0x42; 32], params());
+        let mut client = Client::new(&link.app_id(), [0x43; 32], 9100);
+        let now = Instant::now();
+        let ev = handshake(&mut client, &mut link, now);
+        assert_ne!(ev, Some(LinkEvent::Established { peer: addr(9100) }));
+        assert!(link.established.is_none() && !link.is_active());
+        if link.pending.is_some() {
+            assert_eq!(
+                link.handle_timeout(now + HANDSHAKE_TIMEOUT),
+                Some(LinkEvent::HandshakeFailed)
+            );
+        }
+        assert!(link.pending.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_new_handshake_replaces_the_channel_only_once_it_completes() {
+        let (srv, mut ctl) = server().await;
+        let psk = [0x42; 32];
+        let mut link = srv.register(1, psk, params());
+        let now = Instant::now();
+        let mut first = Client::new(&link.app_id(), psk, 9200);
+        handshake(&mut first, &mut link, now);
+        assert_eq!(link.established.as_ref().unwrap().peer, addr(9200));
+
+        // A ClientHello from another port (the client redoing DTLS, or someone who saw the
+        // App-ID): the old channel keeps carrying data meanwhile.
+        let mut second = Client::new(&link.app_id(), psk, 9201);
+        let _ = second.stream.do_handshake();
+        let mut up = Vec::new();
+        for d in second.take() {
+            let inb = Inbound {
+                peer: addr(9201),
+                local: None,
+                data: d,
+            };
+            link.on_datagram(inb, now, &mut up);
+        }
+        assert!(link.pending.is_some());
+        assert_eq!(link.established.as_ref().unwrap().peer, addr(9200));
+        let mut frame = Vec::new();
+        cstp::encode(cstp::FrameType::Data, &[0x45; 20], &mut frame).unwrap();
+        assert!(link.encrypt_frame(&frame));
+        let (to_first, to_second): (Vec<_>, Vec<_>) = link_out(&mut link)
+            .into_iter()
+            .partition(|(p, _)| *p == addr(9200));
+        assert_eq!(to_first.len(), 1, "data still goes to the established peer");
+        assert!(
+            !to_second.is_empty(),
+            "the new peer got a ServerHello flight"
+        );
+        // Application data from the handshaking peer is dropped and counted.
+        let stale0 = srv
+            .metrics
+            .dtls_drops
+            .with_label_values(&["stale_peer"])
+            .get();
+        let inb = Inbound {
+            peer: addr(9201),
+            local: None,
+            data: Bytes::from_static(&[0x17, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0]),
+        };
+        link.on_datagram(inb, now, &mut up);
+        assert_eq!(
+            srv.metrics
+                .dtls_drops
+                .with_label_values(&["stale_peer"])
+                .get(),
+            stale0 + 1
+        );
+
+        // Once the new handshake completes it takes over and the old peer is unbound.
+        for (_, d) in to_second {
+            second.feed(d);
+        }
+        assert_eq!(
+            handshake(&mut second, &mut link, now),
+            Some(LinkEvent::Established { peer: addr(9201) })
+        );
+        assert_eq!(link.established.as_ref().unwrap().peer, addr(9201));
+        let mut forgot = Vec::new();
+        while let Ok(Ctl::Forget { peer, .. }) = ctl.try_recv() {
+            forgot.push(peer);
+        }
+        assert!(
+            forgot.contains(&addr(9200)),
+            "old peer not unbound: {forgot:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn silence_and_cstp_data_move_downstream_to_cstp_until_the_next_record() {
+        let (srv, _ctl) = server().await;
+        let psk = [0x42; 32];
+        let mut link = srv.register(1, psk, params());
+        let mut client = Client::new(&link.app_id(), psk, 9300);
+        let now = Instant::now();
+        handshake(&mut client, &mut link, now);
+        assert!(link.is_active());
+        let switch = params().switch_after;
+        assert_eq!(link.poll_timeout(now), Some(now + switch));
+        link.handle_timeout(now + switch - Duration::from_millis(1));
+        assert!(link.is_active());
+        link.handle_timeout(now + switch);
+        assert!(!link.is_active(), "UDP silent for switch_to_tcp_secs");
+        assert_eq!(link.poll_timeout(now + switch), None);
+
+        let later = now + switch + Duration::from_secs(1);
+        let mut up = Vec::new();
+        for d in client.send(&[0x07]) {
+            let inb = Inbound {
+                peer: addr(9300),
+                local: None,
+                data: d,
+            };
+            link.on_datagram(inb, later, &mut up);
+        }
+        assert!(link.is_active(), "any valid record revives DTLS");
+        link.on_cstp_data();
+        assert!(
+            !link.is_active(),
+            "DATA over CSTP means the client lost DTLS"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hello_without_the_psk_never_establishes_and_times_out() {
+        let (srv, _ctl) = server().await;
+        let mut a = srv.register(1, [1; 32], params());
+        let now = Instant::now();
+        let mut up = Vec::new();
+        let ev = a.on_datagram(
+            Inbound {
+                peer: addr(8000),
+                local: None,
+                data: Bytes::from(hello(&a.app_id())),
+            },
+            now,
+            &mut up,
+        );
+        assert_eq!(ev, None, "a ClientHello alone starts a handshake");
+        assert!(!a.is_active());
+        let flight = &a.pending.as_mut().unwrap().ep.stream.get_mut().out;
+        assert!(
+            flight.first() == Some(&wire::CONTENT_HANDSHAKE) && flight.get(13) == Some(&2),
+            "OpenSSL answered the ClientHello with a ServerHello"
+        );
+        let t = a.poll_timeout(now).unwrap();
+        assert!(t <= now + HANDSHAKE_TIMEOUT);
+        assert_eq!(
+            a.handle_timeout(now + HANDSHAKE_TIMEOUT),
+            Some(LinkEvent::HandshakeFailed)
+        );
+        assert!(a.pending.is_none());
+        assert!(!a.is_active());
+    }
+}
