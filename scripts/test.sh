@@ -26,6 +26,10 @@ packages=(
   "procps:sysctl"
   "prometheus:promtool"
   "util-linux:setpriv"
+  "podman:podman"
+  "runc:runc"
+  "shellcheck:shellcheck"
+  "systemd:systemd-analyze"
 )
 
 install_missing() {

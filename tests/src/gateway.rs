@@ -25,6 +25,37 @@ pub struct GatewayConfig {
     users: Vec<(String, String)>,
     cert_pem: Option<PathBuf>,
     args: Vec<String>,
+    launcher: Option<Launcher>,
+}
+
+/// What a [`Launcher`] is told about the daemon it starts.
+#[derive(Debug)]
+pub struct LaunchInfo<'a> {
+    /// The gateway namespace's name (`/run/netns/<name>`).
+    pub gw_ns: &'a str,
+    /// The daemon's directory: `tunneld.toml`, `users`, `state/`, the log.
+    pub dir: &'a Path,
+    /// The tunneld arguments added with [`GatewayConfig::daemon_arg`].
+    pub args: &'a [String],
+}
+
+/// Builds the command that starts the daemon, instead of `ip netns exec <gw> tunneld --config ...`
+/// (e.g. `podman run` of the container image). It must run in the gateway namespace and in the
+/// foreground; its stdout and stderr are the daemon's log.
+#[derive(Clone)]
+pub struct Launcher(std::sync::Arc<dyn Fn(&LaunchInfo<'_>) -> Command + Send + Sync>);
+
+impl Launcher {
+    /// Wraps `f`.
+    pub fn new(f: impl Fn(&LaunchInfo<'_>) -> Command + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for Launcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Launcher(..)")
+    }
 }
 
 impl Default for GatewayConfig {
@@ -86,7 +117,14 @@ listen = "127.0.0.1:9477"
             users: Vec::new(),
             cert_pem: None,
             args: Vec::new(),
+            launcher: None,
         }
+    }
+
+    /// Starts the daemon with `launcher` instead of running the tunneld binary directly.
+    pub fn launcher(mut self, launcher: Launcher) -> Self {
+        self.launcher = Some(launcher);
+        self
     }
 
     /// Sets `section.key` (e.g. `"network.ipv4_pool"`) to `value`, creating the section if needed.
@@ -305,12 +343,23 @@ impl Gateway {
         let log = fs::File::create(&log_path)?;
         let rust_log = std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".to_string());
         let gw_ns = topo.ns("gw")?.to_string();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &gw_ns])
-            .arg(&bin)
-            .arg("--config")
-            .arg(&config_path)
-            .args(&config.args)
+        let mut cmd = match &config.launcher {
+            Some(launcher) => (launcher.0)(&LaunchInfo {
+                gw_ns: &gw_ns,
+                dir: &dir,
+                args: &config.args,
+            }),
+            None => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", &gw_ns])
+                    .arg(&bin)
+                    .arg("--config")
+                    .arg(&config_path)
+                    .args(&config.args);
+                cmd
+            }
+        };
+        let child = cmd
             .env("RUST_LOG", rust_log)
             .env("NO_COLOR", "1")
             .env("RUST_BACKTRACE", "1")

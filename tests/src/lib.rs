@@ -10,8 +10,10 @@
 pub mod bench;
 pub mod certs;
 pub mod client;
+pub mod container;
 pub mod gateway;
 pub mod metrics;
+pub mod privileges;
 pub mod process;
 pub mod raw;
 pub mod topology;
@@ -19,7 +21,7 @@ pub mod transfer;
 pub mod wait;
 
 pub use client::{authenticate, run_expecting_exit, Client, ClientOpts, Launch, ScriptRun};
-pub use gateway::{Gateway, GatewayConfig, HttpReply};
+pub use gateway::{Gateway, GatewayConfig, HttpReply, LaunchInfo, Launcher};
 pub use metrics::metric_value;
 pub use topology::{Topology, CORP_ADDR, CORP_ADDR6, GW_DEVICE_ADDR};
 pub use wait::{wait_for, wait_until};

@@ -75,6 +75,10 @@ pub struct ServerConfig {
     /// Acceptor threads with their own file tables (see [`crate::acceptors`]); 0 (default) keeps
     /// the single listener on the shared runtime. At most 64.
     pub acceptor_threads: u32,
+    /// Unprivileged user the daemon switches to once the TUN device, forwarding, NAT and the
+    /// listeners are set up, keeping only `CAP_NET_ADMIN` and `CAP_NET_BIND_SERVICE` (see
+    /// [`crate::privdrop`]). Default none: keep running as the user that started it.
+    pub user: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -90,6 +94,7 @@ impl Default for ServerConfig {
             max_header_bytes: 8192,
             max_unauthenticated_per_source: 0,
             acceptor_threads: 0,
+            user: None,
         }
     }
 }
@@ -531,6 +536,9 @@ impl Config {
                 ),
             );
         }
+        if let Some(user) = &s.user {
+            check_user_name(v, user);
+        }
         if !(1024..=1024 * 1024).contains(&s.max_header_bytes) {
             v.err(
                 "server.max_header_bytes",
@@ -957,6 +965,27 @@ fn check_server_name(v: &mut Validator, name: &str) {
     }
 }
 
+/// A system user name as `useradd` accepts it: 1 to 32 of `[a-z0-9_.-]` (any case), not starting
+/// with `-`, and not all digits (a number would be read as a uid by some tools).
+fn check_user_name(v: &mut Validator, name: &str) {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if name.is_empty()
+        || name.len() > 32
+        || !ok_chars
+        || name.starts_with('-')
+        || name.chars().all(|c| c.is_ascii_digit())
+    {
+        v.err(
+            "server.user",
+            format!(
+                "{name:?} is not a user name: 1 to 32 characters from A-Z a-z 0-9 _ - ., not starting with '-', not a number"
+            ),
+        );
+    }
+}
+
 fn check_ifname(v: &mut Validator, field: &str, name: &str) {
     let ok_chars = name
         .chars()
@@ -1004,6 +1033,7 @@ mod tests {
         let mut c = Config::default();
         c.server.banner = Some("b".into());
         c.server.server_name = Some("vpn.example.com".into());
+        c.server.user = Some("tunneld".into());
         c.tls.cert = Some("/c".into());
         c.tls.key = Some("/k".into());
         c.tls.pfx = Some("/p".into());
@@ -1051,6 +1081,20 @@ mod tests {
             missing.is_empty(),
             "not in config/tunneld.toml: {missing:?}"
         );
+    }
+
+    #[test]
+    fn server_user_accepts_system_user_names_and_rejects_others() {
+        for ok in ["tunneld", "nobody", "svc_vpn-1", "a.b"] {
+            Config::from_toml_str(&format!("[server]\nuser = {ok:?}\n")).unwrap();
+        }
+        for bad in ["", "-x", "1000", "a b", "a:b", &"x".repeat(33)] {
+            assert_eq!(
+                invalid_fields(&format!("[server]\nuser = {bad:?}\n")),
+                ["server.user"],
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

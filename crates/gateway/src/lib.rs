@@ -14,6 +14,7 @@ pub mod health;
 pub mod metrics;
 pub mod packet;
 pub mod pool;
+pub mod privdrop;
 pub mod readiness;
 pub mod reload;
 pub mod server;

@@ -289,12 +289,14 @@ async fn reload_inner(sh: &Arc<Shared>) -> Result<ReloadReport, ReloadError> {
     }
     let path = sh.reload.config_path.clone();
     let current = sh.config.load_full();
-    let prepared = {
+    let mut prepared = {
         let (path, current) = (path.clone(), Arc::clone(&current));
         tokio::task::spawn_blocking(move || prepare(path.as_deref(), &current))
             .await
             .map_err(|e| ReloadError::Task(e.to_string()))??
     };
+    // server.user is applied once at start, and may come from `--user`/TUNNELD_USER: keep it.
+    prepared.config.server.user.clone_from(&current.server.user);
     let refused = restart_only(&current, &prepared.config, sh.sessions.len());
     if !refused.is_empty() {
         return Err(ReloadError::NeedsRestart(refused));

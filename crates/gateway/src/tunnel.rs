@@ -33,8 +33,11 @@ use crate::table::Route;
 
 /// Downstream frames written per flush, at most.
 const WRITE_BATCH: usize = 64;
-/// Bytes reserved before each TLS read.
-const READ_RESERVE: usize = 8 * 1024;
+/// Bytes reserved before a TLS read: an idle session keeps a small buffer (memory per idle session
+/// is what sizes a server), a busy one doubles its reservation up to [`READ_MAX`].
+const READ_MIN: usize = 2 * 1024;
+/// The most a busy connection reserves per read.
+const READ_MAX: usize = 32 * 1024;
 
 /// Checks an upstream IP packet (from CSTP or DTLS) and hands it to the TUN writer. False when the
 /// data plane has stopped.
@@ -275,7 +278,8 @@ pub(crate) async fn run(
     tokio::pin!(sleep);
     let dtls_sleep = tokio::time::sleep_until(far());
     tokio::pin!(dtls_sleep);
-    buf.reserve(READ_RESERVE);
+    let mut read_chunk = READ_MIN;
+    buf.reserve(read_chunk);
 
     let outcome = 'conn: loop {
         // Handle every complete frame already buffered.
@@ -465,15 +469,24 @@ pub(crate) async fn run(
             }
             r = tls.read_buf(&mut buf) => match r {
                 Ok(0) => break Outcome::Lost("connection closed by client"),
-                Ok(_) => {}
+                Ok(n) => {
+                    if n >= read_chunk / 2 {
+                        read_chunk = (read_chunk * 2).min(READ_MAX);
+                    } else if n < read_chunk / 8 {
+                        read_chunk = (read_chunk / 2).max(READ_MIN);
+                    }
+                }
                 Err(e) => {
                     tracing::debug!(parent: &span, error = %e, "read error");
                     break Outcome::Lost("read error");
                 }
             },
         }
-        if buf.capacity() - buf.len() < 2048 {
-            buf.reserve(READ_RESERVE);
+        if buf.is_empty() && read_chunk == READ_MIN && buf.capacity() > 4 * READ_MIN {
+            // Gone quiet after a burst: give the big buffer back.
+            buf = BytesMut::with_capacity(READ_MIN);
+        } else if buf.capacity() - buf.len() < read_chunk / 2 {
+            buf.reserve(read_chunk);
         }
     };
 

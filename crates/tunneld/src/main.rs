@@ -39,6 +39,9 @@ struct Args {
     /// Seconds to keep answering health probes with 503 after SIGTERM before exiting.
     #[arg(long, default_value_t = 5)]
     drain_secs: u64,
+    /// Unprivileged user to switch to after start-up; overrides `server.user` in the config.
+    #[arg(long, env = "TUNNELD_USER")]
+    user: Option<String>,
 }
 
 fn init_logging(args: &Args) {
@@ -88,7 +91,7 @@ fn bootstrap_first_user(config: &mut Config) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(&args);
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(path) => {
             Config::load(path).with_context(|| format!("configuration {}", path.display()))?
         }
@@ -98,18 +101,41 @@ fn main() -> anyhow::Result<()> {
             c
         }
     };
+    if let Some(user) = args.user.as_deref().filter(|u| !u.is_empty()) {
+        config.server.user = Some(user.to_owned());
+        config.validate()?;
+    }
     if args.check {
         tunnel_gateway::tls::load_certificate(&config)?;
         tunnel_gateway::users::UserDb::load(&config.auth.users_file)?;
+        if let Some(user) = &config.server.user {
+            tunnel_gateway::privdrop::lookup(user)?;
+        }
         println!("configuration OK");
         return Ok(());
     }
+    // Before the runtime's threads exist, so that all of them inherit no_new_privs.
+    let privdrop = config
+        .server
+        .user
+        .as_deref()
+        .map(tunnel_gateway::privdrop::prepare)
+        .transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
         let listen = config.server.listen;
+        let state_dir = config.server.state_dir.clone();
         let gw = Gateway::start_from(config, args.config.clone()).await?;
+        // Runs on the main thread (block_on), which keeps CAP_NET_ADMIN for the NAT teardown.
+        if let Some(p) = &privdrop {
+            if let Err(e) = p.hand_over(&state_dir) {
+                tracing::warn!(error = %e, "the state directory stays root's: a reload cannot re-read a self-signed certificate (give the container CAP_CHOWN)");
+            }
+            let d = p.apply()?;
+            tracing::info!(user = %d.name, uid = d.uid, gid = d.gid, capabilities = ?d.capabilities, already = d.already, "dropped privileges");
+        }
         let pin = gw.shared().pin.clone();
         tokio::spawn(reload_on_sighup(std::sync::Arc::clone(gw.shared())));
         println!(
