@@ -254,9 +254,11 @@ def main():
         p(f"  {fmt(pf.get('other'))}% elsewhere: the password check (the same one ocserv makes) is most of a login.")
     else:
         p("  3,000 goal; where that CPU goes has not been profiled in this run.")
-    p(f"* **Memory.** {fmt(pss_max)} KiB per idle session is flat from 1,000 to the largest N, just above")
-    p("  the 24 KiB goal; ocserv's forked worker per client costs about thirty times more (PSS, which")
-    p("  splits pages shared between its workers; its RSS sum is larger still).")
+    side = "within" if pss_max is not None and pss_max <= 24 else "above"
+    per_ocserv = ratio(theirs.get("pss_session"), ours.get("pss_session"))
+    p(f"* **Memory.** {fmt(pss_max)} KiB per idle session, about flat from 1,000 to the largest N, {side}")
+    p(f"  the 24 KiB goal; ocserv's forked worker per client costs about {fmt(per_ocserv, 0)} times more (PSS,")
+    p("  which splits pages shared between its workers; its RSS sum is larger still).")
     p("* **Throughput.** The harness throughput runs are limited by the two cores shared between the")
     p("  client processes and the server, so the aggregate ratio may understate the servers' difference;")
     p("  cores per Gbit/s (server CPU only) is the steadier comparison.")
