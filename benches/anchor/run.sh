@@ -358,9 +358,8 @@ fi
 
 if [ "$MICRO" = 1 ]; then
     log "criterion micro-benchmarks"
-    for b in "tunnel-proto cstp" "tunnel-gateway hot_path"; do
-        set -- $b
-        (cd "$ROOT" && cargo bench -p "$1" --bench "$2" -- --warm-up-time 1 --measurement-time 3 2>>"$LOG") |
+    for b in tunnel-proto:cstp tunnel-gateway:hot_path; do
+        (cd "$ROOT" && cargo bench -p "${b%%:*}" --bench "${b#*:}" -- --warm-up-time 1 --measurement-time 3 2>>"$LOG") |
             grep -E '^[a-z_]+/|time:|thrpt:' | grep -v '%' >> "$OUT/micro.txt"
     done
 fi
