@@ -154,7 +154,7 @@ CONF
 
 write_ocserv_config() {
     # Equivalent to the tunneld config: same address, certificate, users, pool, route, MTU and
-    # timers; TLS only (no udp-port: tunneld has no DTLS yet, so both carry CSTP over TLS); no
+    # timers; TLS only (no udp-port: the harness client has no DTLS, so both carry CSTP over TLS); no
     # per-source connection rate limit or ban score (ocserv's defaults would throttle the harness,
     # which opens many sessions from few addresses); no session or client caps.
     cat > "$OUT/ocserv.conf" <<CONF
