@@ -93,10 +93,7 @@ impl Request {
     /// The value of the first header called `name` (case-insensitive).
     #[must_use]
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        find_header(&self.headers, name)
     }
 
     /// The values of all headers called `name` (case-insensitive), in order.
@@ -226,22 +223,10 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usi
     let method = Method::from_token(method);
     let path = path.to_owned();
 
-    let mut headers = Vec::with_capacity(req.headers.len());
-    let mut content_length: Option<u64> = None;
-    for h in req.headers.iter() {
-        let value = String::from_utf8_lossy(h.value).trim().to_owned();
-        if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(HttpError::ChunkedUnsupported(value));
-        }
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let n = parse_content_length(&value)?;
-            if content_length.is_some_and(|prev| prev != n) {
-                return Err(HttpError::BadContentLength(value));
-            }
-            content_length = Some(n);
-        }
-        headers.push((h.name.to_owned(), value));
-    }
+    let (headers, content_length) = collect_headers(req.headers).map_err(|e| match e {
+        FramingError::TransferEncoding(v) => HttpError::ChunkedUnsupported(v),
+        FramingError::BadContentLength(v) => HttpError::BadContentLength(v),
+    })?;
 
     let body_len = if method == Method::Connect {
         0
@@ -274,12 +259,50 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usi
     )))
 }
 
-fn parse_content_length(v: &str) -> Result<u64, HttpError> {
-    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(HttpError::BadContentLength(v.to_owned()));
+/// The first header called `name` (case-insensitive) in a parsed message's header list.
+pub(crate) fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// Header (name as sent, trimmed value) pairs in the order received.
+pub(crate) type HeaderList = Vec<(String, String)>;
+
+/// Why a message's framing headers are unusable (shared by the request and response readers).
+#[derive(Debug)]
+pub(crate) enum FramingError {
+    /// A `Transfer-Encoding` header (neither side of this protocol uses one).
+    TransferEncoding(String),
+    /// A `Content-Length` that is not a plain decimal number, or several that disagree.
+    BadContentLength(String),
+}
+
+/// Copies httparse's header slices into owned (name, trimmed value) pairs and reads the framing:
+/// `Content-Length` (strict decimal, duplicates must agree); any `Transfer-Encoding` is refused.
+pub(crate) fn collect_headers(
+    raw: &[httparse::Header<'_>],
+) -> Result<(HeaderList, Option<u64>), FramingError> {
+    let mut headers = Vec::with_capacity(raw.len());
+    let mut content_length: Option<u64> = None;
+    for h in raw {
+        let value = String::from_utf8_lossy(h.value).trim().to_owned();
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(FramingError::TransferEncoding(value));
+        }
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n = (!value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| value.parse::<u64>().ok())
+                .flatten();
+            match n {
+                Some(n) if content_length.is_none_or(|prev| prev == n) => content_length = Some(n),
+                _ => return Err(FramingError::BadContentLength(value)),
+            }
+        }
+        headers.push((h.name.to_owned(), value));
     }
-    v.parse::<u64>()
-        .map_err(|_| HttpError::BadContentLength(v.to_owned()))
+    Ok((headers, content_length))
 }
 
 /// Remove CR, LF and other control characters (except tab) so a value can't break out of its

@@ -6,7 +6,7 @@
 //! [`parse_response`] reads one response from the front of a buffer and says how many bytes it
 //! used, so bytes after a `CONNECT` answer are kept for the CSTP decoder.
 
-use crate::http::header_safe;
+use crate::http::{collect_headers, find_header, header_safe, FramingError};
 
 /// Largest response header block accepted, in bytes.
 pub const MAX_RESPONSE_HEAD: usize = 16 * 1024;
@@ -33,10 +33,7 @@ impl Response {
     /// The first header named `name`, compared case-insensitively.
     #[must_use]
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        find_header(&self.headers, name)
     }
 
     /// Every `Set-Cookie` as `(name, value)`: the value ends at the first `;` (attributes dropped).
@@ -119,24 +116,10 @@ pub fn parse_response(
         return Err(ResponseError::Malformed("no status code"));
     };
     let reason = resp.reason.unwrap_or_default().to_owned();
-    let mut headers = Vec::with_capacity(resp.headers.len());
-    let mut content_length: Option<u64> = None;
-    for h in resp.headers.iter() {
-        let value = String::from_utf8_lossy(h.value).trim().to_owned();
-        if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(ResponseError::ChunkedUnsupported(value));
-        }
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let n = value
-                .parse::<u64>()
-                .map_err(|_| ResponseError::BadContentLength(value.clone()))?;
-            if content_length.is_some_and(|p| p != n) {
-                return Err(ResponseError::BadContentLength(value));
-            }
-            content_length = Some(n);
-        }
-        headers.push((h.name.to_owned(), value));
-    }
+    let (headers, content_length) = collect_headers(resp.headers).map_err(|e| match e {
+        FramingError::TransferEncoding(v) => ResponseError::ChunkedUnsupported(v),
+        FramingError::BadContentLength(v) => ResponseError::BadContentLength(v),
+    })?;
     let body_len = if head_only && code == 200 {
         0
     } else {
