@@ -3,6 +3,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::indexing_slicing))]
 pub mod acceptors;
 pub mod admin;
+mod atomic_file;
 pub mod ban;
 pub mod config;
 pub mod control;

@@ -15,10 +15,12 @@
 
 use std::cmp::Ordering;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+
+use crate::atomic_file::write_atomically;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -592,8 +594,9 @@ fn load_or_generate_self_signed(
     let cert_pem = cert
         .to_pem()
         .map_err(|e| failed(&cert_path, e.to_string()))?;
-    write_atomically(&key_path, &key_pem, 0o600).map_err(|e| failed(&key_path, e.to_string()))?;
-    write_atomically(&cert_path, &cert_pem, 0o644)
+    write_atomically(&key_path, &key_pem, 0o600, None)
+        .map_err(|e| failed(&key_path, e.to_string()))?;
+    write_atomically(&cert_path, &cert_pem, 0o644, None)
         .map_err(|e| failed(&cert_path, e.to_string()))?;
 
     let loaded = load_pem(
@@ -610,33 +613,6 @@ fn load_or_generate_self_signed(
         "generated self-signed certificate; clients must pin it with `openconnect --servercert <pin>`"
     );
     Ok(loaded)
-}
-
-/// Writes `data` to `path` through a temporary file in the same directory and a rename, so a
-/// reader never sees a partial file. The file gets `mode`.
-fn write_atomically(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let _ = fs::remove_file(&tmp);
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// The machine's host name, or `localhost` if it cannot be read.
