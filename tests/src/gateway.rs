@@ -402,7 +402,14 @@ impl Gateway {
             &format!("tunneld to complete a TLS handshake on {listen}"),
             || {
                 if let Some(code) = self.poll_exit()? {
-                    bail!("tunneld exited with {code:?} during start-up");
+                    // Name the daemon's own error line: with RUST_BACKTRACE=1 the log's tail is
+                    // all backtrace, and the reason sits above it.
+                    let log = self.log();
+                    let reason = log
+                        .lines()
+                        .find(|l| l.starts_with("Error:"))
+                        .unwrap_or("(no Error: line)");
+                    bail!("tunneld exited with {code:?} during start-up; {reason}");
                 }
                 let mut cmd = topo.command_in(&device, "openssl")?;
                 cmd.args(["s_client", "-connect", &listen, "-brief"]);
