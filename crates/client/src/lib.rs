@@ -7,16 +7,23 @@
 //! TUN device: IP packets are built and read in user space ([`packet`]), so one process can run
 //! thousands of sessions, one task each.
 //!
+//! With [`Endpoint::dtls`] the CONNECT offers DTLS (PSK-NEGOTIATE, as openconnect does) and, when
+//! the server accepts, the tunnel also runs a DTLS 1.2 channel on UDP ([`DtlsStatus`]): IP packets
+//! go over it once it is up and over CSTP before, and after a failure.
+//!
 //! The server's certificate is accepted by its `pin-sha256:` value or, in a lab, without any check
 //! ([`tls::Verify`]).
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::indexing_slicing))]
 
+mod channel_timers;
+mod dtls;
 mod error;
 mod login;
 pub mod packet;
 pub mod tls;
 mod tunnel;
 
+pub use dtls::{DtlsFailure, DtlsStats, DtlsStatus};
 pub use error::ClientError;
 pub use login::{connect, reconnect, Credentials, Endpoint, Established, SetupTimings};
-pub use tunnel::{Frame, Tunnel};
+pub use tunnel::{Frame, Transport, Tunnel};

@@ -22,7 +22,7 @@ use tunnel_proto::http_client::{self, Response};
 
 use crate::error::ClientError;
 use crate::tls::{client_config, Verify};
-use crate::tunnel::Tunnel;
+use crate::tunnel::{DtlsRequest, Tunnel};
 
 /// Most forms a login may take before we give up (the gateway needs 1, ocserv 2).
 const MAX_FORMS: usize = 6;
@@ -44,6 +44,10 @@ pub struct Endpoint {
     pub base_mtu: u32,
     /// `X-CSTP-MTU` to ask for.
     pub mtu: u32,
+    /// Offer DTLS (PSK-NEGOTIATE) in the CONNECT and run it when the server accepts.
+    pub dtls: bool,
+    /// How long a DTLS handshake may take before the tunnel stays on CSTP.
+    pub dtls_handshake_timeout: Duration,
 }
 
 impl Endpoint {
@@ -63,6 +67,8 @@ impl Endpoint {
             setup_timeout: Duration::from_secs(30),
             base_mtu: 1500,
             mtu: 1390,
+            dtls: false,
+            dtls_handshake_timeout: Duration::from_secs(10),
         })
     }
 }
@@ -89,13 +95,16 @@ pub struct SetupTimings {
     pub auth: Duration,
     /// CONNECT request to its answer.
     pub connect: Duration,
+    /// The CONNECT answer to the DTLS outcome, when the caller waited for it
+    /// ([`Tunnel::wait_dtls`]); zero otherwise.
+    pub dtls: Duration,
 }
 
 impl SetupTimings {
     /// The whole setup.
     #[must_use]
     pub fn total(&self) -> Duration {
-        self.tcp + self.tls + self.auth + self.connect
+        self.tcp + self.tls + self.auth + self.connect + self.dtls
     }
 }
 
@@ -304,10 +313,22 @@ async fn tunnel_up(
         mtu: ep.mtu,
         prev_ipv4,
         ipv6: false,
+        dtls_master_secret: ep.dtls.then(master_secret),
     });
     let resp = conn.roundtrip(&req, true, "connect").await?;
     let reply = ConnectReply::from_response(&resp)?;
-    Ok(Tunnel::new(conn.tls, conn.buf, reply))
+    let dtls = ep.dtls.then_some(DtlsRequest {
+        base_mtu: ep.base_mtu,
+        handshake_timeout: ep.dtls_handshake_timeout,
+    });
+    Ok(Tunnel::new(conn.tls, conn.buf, reply, dtls))
+}
+
+/// 48 random bytes for `X-DTLS-Master-Secret` (unused in PSK mode; zeros if the RNG fails).
+fn master_secret() -> [u8; 48] {
+    let mut m = [0u8; 48];
+    let _ = openssl::rand::rand_bytes(&mut m);
+    m
 }
 
 /// Opens a session: TCP (from `source`, when given), TLS, login as `creds`, CONNECT.

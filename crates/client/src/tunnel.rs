@@ -5,18 +5,131 @@
 //! burst costs one socket write. Incoming bytes are read into one growing buffer and frames are cut
 //! from it without copying. DPD requests from the server are answered automatically; DISCONNECT and
 //! TERMINATE end the tunnel with [`ClientError::Disconnected`].
+//!
+//! With DTLS (protocol doc §7) the tunnel also owns a connected UDP socket and its
+//! [`DtlsChannel`]: [`Tunnel::read`] waits on TLS, UDP and the DTLS timers at once, IP packets go
+//! over DTLS while it is up and over CSTP before and after, and DATA arriving on either channel
+//! comes out of [`Tunnel::next_frame`]. CSTP keepalive and DPD frames stay on CSTP (the caller's);
+//! the DTLS channel runs its own (`X-DTLS-*`). A DTLS failure never ends the tunnel: it is recorded
+//! in [`Tunnel::dtls_status`] and the socket is closed.
 
+use std::collections::VecDeque;
 use std::io::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UdpSocket};
 use tokio_rustls::client::TlsStream;
 use tunnel_proto::connect_client::ConnectReply;
 use tunnel_proto::cstp::{self, FrameType};
 
+use crate::dtls::{
+    ChannelChange, ChannelParams, DtlsChannel, DtlsFailure, DtlsStats, DtlsStatus, PSK_LABEL,
+    PSK_LEN,
+};
 use crate::error::ClientError;
+
+/// Datagrams read from the UDP socket per wake-up at most.
+const UDP_BATCH: usize = 64;
+/// Largest datagram read (anything longer is cut, and then fails its record check).
+const MAX_DATAGRAM: usize = 64 * 1024;
+
+thread_local! {
+    /// One receive buffer per thread, shared by every tunnel on it (filled and used without an
+    /// await in between).
+    static RECV_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; MAX_DATAGRAM]);
+}
+
+/// Which channel a frame came over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// CSTP frames on the TLS connection.
+    Cstp,
+    /// DTLS records on UDP.
+    Dtls,
+}
+
+impl Transport {
+    /// `cstp` or `dtls`.
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Cstp => "cstp",
+            Self::Dtls => "dtls",
+        }
+    }
+}
+
+/// How a tunnel should try DTLS.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DtlsRequest {
+    /// The client's own link MTU, when the server sends no `X-CSTP-Base-MTU`.
+    pub(crate) base_mtu: u32,
+    /// How long the handshake may take.
+    pub(crate) handshake_timeout: Duration,
+}
+
+/// The UDP side of a tunnel.
+#[derive(Debug)]
+struct DtlsIo {
+    sock: UdpSocket,
+    chan: DtlsChannel,
+}
+
+/// Opens the UDP socket (bound to the TLS connection's local address, connected to the server's
+/// address at `port`) and starts the handshake.
+fn start_dtls(
+    tls: &TlsStream<TcpStream>,
+    reply: &ConnectReply,
+    req: DtlsRequest,
+) -> Result<DtlsIo, DtlsFailure> {
+    let offer = reply.dtls.as_ref().ok_or(DtlsFailure::Setup("no offer".into()))?;
+    let psk = tls
+        .get_ref()
+        .1
+        .export_keying_material([0u8; PSK_LEN], PSK_LABEL, None)
+        .map_err(|e| DtlsFailure::Exporter(e.to_string()))?;
+    let sock_err = |e: std::io::Error| DtlsFailure::Socket(e.to_string());
+    let tcp = tls.get_ref().0;
+    let local = tcp.local_addr().map_err(sock_err)?;
+    let server = tcp.peer_addr().map_err(sock_err)?;
+    let std_sock =
+        std::net::UdpSocket::bind(SocketAddr::new(local.ip(), 0)).map_err(sock_err)?;
+    std_sock
+        .connect(SocketAddr::new(server.ip(), offer.port))
+        .map_err(sock_err)?;
+    std_sock.set_nonblocking(true).map_err(sock_err)?;
+    let sock = UdpSocket::from_std(std_sock).map_err(sock_err)?;
+    let secs = |s: u32| (s > 0).then(|| Duration::from_secs(u64::from(s)));
+    let chan = DtlsChannel::start(
+        &offer.app_id,
+        psk,
+        ChannelParams {
+            base_mtu: reply.base_mtu.unwrap_or(req.base_mtu),
+            handshake_timeout: req.handshake_timeout,
+            dpd: secs(offer.dpd_secs),
+            keepalive: secs(offer.keepalive_secs),
+        },
+        Instant::now(),
+    )?;
+    Ok(DtlsIo { sock, chan })
+}
+
+/// What woke [`Tunnel::read`].
+enum Woke {
+    Tls(std::io::Result<usize>),
+    Udp(std::io::Result<()>),
+    DtlsTimer,
+}
+
+async fn sleep_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// Bytes reserved before each read.
 const READ_RESERVE: usize = 16 * 1024;
@@ -30,6 +143,8 @@ pub struct Frame {
     pub kind: FrameType,
     /// Its payload (for DATA, one IP packet). Shares the read buffer: no copy.
     pub payload: Bytes,
+    /// The channel it came over (only DATA comes out of DTLS).
+    pub transport: Transport,
 }
 
 /// The client end of a tunnel. Dropping it closes the connection without a logout (the server
@@ -41,18 +156,145 @@ pub struct Tunnel {
     scratch: Vec<u8>,
     reply: ConnectReply,
     pending: bool,
+    dtls: Option<Box<DtlsIo>>,
+    dtls_status: DtlsStatus,
+    /// IP packets received over DTLS, not yet taken by `next_frame`.
+    dtls_packets: VecDeque<Bytes>,
+    /// Counters of channels that are gone (a failed one's counts stay counted).
+    dtls_past: DtlsStats,
 }
 
 impl Tunnel {
-    pub(crate) fn new(mut tls: TlsStream<TcpStream>, rbuf: BytesMut, reply: ConnectReply) -> Self {
+    pub(crate) fn new(
+        mut tls: TlsStream<TcpStream>,
+        rbuf: BytesMut,
+        reply: ConnectReply,
+        dtls: Option<DtlsRequest>,
+    ) -> Self {
         // Whole frames must reach rustls unsplit; the caller bounds what it queues before a flush.
         tls.get_mut().1.set_buffer_limit(None);
+        let (dtls, dtls_status) = match dtls {
+            None => (None, DtlsStatus::NotRequested),
+            Some(_) if reply.dtls.is_none() => (None, DtlsStatus::NotOffered),
+            Some(req) => match start_dtls(&tls, &reply, req) {
+                Ok(io) => (Some(Box::new(io)), DtlsStatus::Connecting),
+                Err(f) => (None, DtlsStatus::Failed(f)),
+            },
+        };
         Self {
             tls,
             rbuf,
             scratch: Vec::with_capacity(2048),
             reply,
             pending: false,
+            dtls,
+            dtls_status,
+            dtls_packets: VecDeque::new(),
+            dtls_past: DtlsStats::default(),
+        }
+    }
+
+    /// Where the DTLS channel stands.
+    #[must_use]
+    pub fn dtls_status(&self) -> &DtlsStatus {
+        &self.dtls_status
+    }
+
+    /// The DTLS counters since the tunnel came up.
+    #[must_use]
+    pub fn dtls_stats(&self) -> DtlsStats {
+        let cur = self.dtls.as_ref().map(|d| d.chan.stats()).unwrap_or_default();
+        let p = self.dtls_past;
+        DtlsStats {
+            packets_sent: p.packets_sent + cur.packets_sent,
+            packets_received: p.packets_received + cur.packets_received,
+            keepalives: p.keepalives + cur.keepalives,
+            dpd_sent: p.dpd_sent + cur.dpd_sent,
+            dpd_answered: p.dpd_answered + cur.dpd_answered,
+        }
+    }
+
+    /// Overrides the DTLS keepalive and DPD intervals the server pushed (`None` or zero: off).
+    pub fn set_dtls_timers(&mut self, dpd: Option<Duration>, keepalive: Option<Duration>) {
+        if let Some(d) = self.dtls.as_mut() {
+            d.chan.set_timers(dpd, keepalive);
+        }
+    }
+
+    /// Drives the tunnel until the DTLS handshake has an outcome (up or failed; at most its
+    /// handshake timeout). Frames arriving meanwhile stay buffered for [`Self::next_frame`].
+    pub async fn wait_dtls(&mut self) -> Result<&DtlsStatus, ClientError> {
+        while self.dtls_status == DtlsStatus::Connecting {
+            self.read().await?;
+            if self.has_pending() {
+                self.flush().await?;
+            }
+        }
+        Ok(&self.dtls_status)
+    }
+
+    fn dtls_change(&mut self, change: Option<ChannelChange>) {
+        match change {
+            None => {}
+            Some(ChannelChange::Up) => self.dtls_status = DtlsStatus::Up,
+            Some(ChannelChange::Failed(f)) => self.dtls_fail(f),
+        }
+    }
+
+    /// Drops the DTLS channel: from now on everything goes over CSTP.
+    fn dtls_fail(&mut self, f: DtlsFailure) {
+        if let Some(d) = self.dtls.take() {
+            let s = d.chan.stats();
+            let p = &mut self.dtls_past;
+            p.packets_sent += s.packets_sent;
+            p.packets_received += s.packets_received;
+            p.keepalives += s.keepalives;
+            p.dpd_sent += s.dpd_sent;
+            p.dpd_answered += s.dpd_answered;
+        }
+        self.dtls_status = DtlsStatus::Failed(f);
+    }
+
+    /// Reads every datagram waiting on the UDP socket into the channel.
+    fn dtls_receive(&mut self) {
+        let Some(d) = self.dtls.as_mut() else { return };
+        let now = Instant::now();
+        let mut change = None;
+        RECV_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            for _ in 0..UDP_BATCH {
+                match d.sock.try_recv(&mut buf) {
+                    Ok(n) => {
+                        let Some(dgram) = buf.get(..n) else { break };
+                        change = d.chan.on_datagram(dgram, now, &mut self.dtls_packets);
+                        if matches!(change, Some(ChannelChange::Failed(_))) {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        change = Some(ChannelChange::Failed(DtlsFailure::Io(e.to_string())));
+                        break;
+                    }
+                }
+            }
+        });
+        self.dtls_change(change);
+    }
+
+    /// Sends the datagrams the DTLS channel has produced.
+    async fn dtls_send(&mut self) {
+        let Some(d) = self.dtls.as_mut() else { return };
+        let mut failed = None;
+        while let Some(dgram) = d.chan.next_datagram() {
+            if let Err(e) = d.sock.send(dgram).await {
+                failed = Some(DtlsFailure::Io(e.to_string()));
+                break;
+            }
+            d.chan.sent();
+        }
+        if let Some(f) = failed {
+            self.dtls_fail(f);
         }
     }
 
@@ -77,21 +319,30 @@ impl Tunnel {
         Ok(())
     }
 
-    /// Queues one IP packet as a DATA frame.
+    /// Queues one IP packet: as a DTLS record while DTLS is up, else as a CSTP DATA frame.
     pub fn queue_data(&mut self, packet: &[u8]) -> Result<(), ClientError> {
+        if let Some(d) = self.dtls.as_mut().filter(|d| d.chan.is_up()) {
+            match d.chan.send_packet(packet, Instant::now()) {
+                Ok(()) => return Ok(()),
+                Err(f) => self.dtls_fail(f),
+            }
+        }
         self.queue(FrameType::Data, packet)
     }
 
-    /// True if frames are queued but not flushed (e.g. an automatic DPD answer).
+    /// True if frames or datagrams are queued but not sent (e.g. an automatic DPD answer).
     #[must_use]
     pub fn has_pending(&self) -> bool {
-        self.pending
+        self.pending || self.dtls.as_ref().is_some_and(|d| d.chan.has_datagrams())
     }
 
     /// Sends everything queued.
     pub async fn flush(&mut self) -> Result<(), ClientError> {
-        self.tls.flush().await?;
-        self.pending = false;
+        self.dtls_send().await;
+        if self.pending {
+            self.tls.flush().await?;
+            self.pending = false;
+        }
         Ok(())
     }
 
@@ -104,6 +355,13 @@ impl Tunnel {
     /// The next complete frame already read, if any. DPD requests are answered (queued; flush to
     /// send); DISCONNECT and TERMINATE end the tunnel with an error.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, ClientError> {
+        if let Some(payload) = self.dtls_packets.pop_front() {
+            return Ok(Some(Frame {
+                kind: FrameType::Data,
+                payload,
+                transport: Transport::Dtls,
+            }));
+        }
         let Some(header) = cstp::parse_header(&self.rbuf, MAX_PAYLOAD)? else {
             return Ok(None);
         };
@@ -123,19 +381,47 @@ impl Tunnel {
         Ok(Some(Frame {
             kind: header.kind,
             payload,
+            transport: Transport::Cstp,
         }))
     }
 
-    /// Reads more bytes from the server (cancel-safe: use it in `select!`). A closed connection is
-    /// [`ClientError::Closed`].
+    /// Reads more from the server: TLS bytes, or DTLS datagrams, or runs a due DTLS timer
+    /// (cancel-safe: use it in `select!`; what a timer or datagram produced is sent before it
+    /// returns). A closed TLS connection is [`ClientError::Closed`]; DTLS trouble only changes
+    /// [`Self::dtls_status`].
     pub async fn read(&mut self) -> Result<(), ClientError> {
         if self.rbuf.capacity() - self.rbuf.len() < 4096 {
             self.rbuf.reserve(READ_RESERVE);
         }
-        match self.tls.read_buf(&mut self.rbuf).await? {
-            0 => Err(ClientError::Closed { stage: "tunnel" }),
-            _ => Ok(()),
+        let woke = match self.dtls.as_ref() {
+            None => Woke::Tls(self.tls.read_buf(&mut self.rbuf).await),
+            Some(d) => {
+                let timer = d.chan.poll_timeout(Instant::now());
+                tokio::select! {
+                    r = self.tls.read_buf(&mut self.rbuf) => Woke::Tls(r),
+                    r = d.sock.readable() => Woke::Udp(r),
+                    () = sleep_opt(timer) => Woke::DtlsTimer,
+                }
+            }
+        };
+        match woke {
+            Woke::Tls(r) => {
+                if r? == 0 {
+                    return Err(ClientError::Closed { stage: "tunnel" });
+                }
+            }
+            Woke::Udp(Ok(())) => self.dtls_receive(),
+            Woke::Udp(Err(e)) => self.dtls_fail(DtlsFailure::Io(e.to_string())),
+            Woke::DtlsTimer => {
+                let change = self
+                    .dtls
+                    .as_mut()
+                    .and_then(|d| d.chan.handle_timeout(Instant::now()));
+                self.dtls_change(change);
+            }
         }
+        self.dtls_send().await;
+        Ok(())
     }
 
     /// The next frame, reading as needed (and sending any automatic DPD answer first).
@@ -155,6 +441,10 @@ impl Tunnel {
     /// close the connection, which it does once the session is ended and its address is free.
     /// Returns whether the server closed within `wait`.
     pub async fn logout(mut self, wait: std::time::Duration) -> Result<bool, ClientError> {
+        if let Some(d) = self.dtls.as_mut() {
+            d.chan.close();
+        }
+        self.dtls_send().await;
         let mut payload = Vec::with_capacity(16);
         payload.push(cstp::LOGOUT_CODE);
         payload.extend_from_slice(b"User logged out");

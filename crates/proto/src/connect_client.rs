@@ -3,6 +3,11 @@
 //!
 //! Header names are matched exactly, as openconnect does (`X-Cstp-Mtu` would be ignored by it, so
 //! it is ignored here too); the status line must begin with `HTTP/1.1 200 `.
+//!
+//! DTLS (§7.1): a request may offer `PSK-NEGOTIATE` (with the `X-DTLS-Master-Secret` openconnect
+//! always sends); the answer's `X-DTLS-*` headers become a [`DtlsReply`] only when the server chose
+//! `PSK-NEGOTIATE` and named its port and App-ID. A malformed App-ID aborts the CONNECT, as it does
+//! in openconnect.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -26,15 +31,33 @@ pub struct ConnectParams<'a> {
     pub prev_ipv4: Option<Ipv4Addr>,
     /// Offer IPv6 (`X-CSTP-Full-IPv6-Capability: true`, address types `IPv6,IPv4`).
     pub ipv6: bool,
+    /// Offer DTLS in PSK-NEGOTIATE mode, sending these 48 random bytes as `X-DTLS-Master-Secret`
+    /// (used only by legacy DTLS, but openconnect always sends it and ocserv looks for it).
+    /// `None`: no `X-DTLS-*` header, CSTP over TLS only (openconnect's `--no-dtls`).
+    pub dtls_master_secret: Option<[u8; 48]>,
 }
 
-/// Builds the CONNECT request (no DTLS offered: CSTP over TLS only).
+/// Upper-case hex, as openconnect writes `X-DTLS-Master-Secret`.
+fn hex_upper(bytes: &[u8]) -> String {
+    let digit = |n: u8| {
+        char::from_digit(u32::from(n), 16).map_or('0', |c| c.to_ascii_uppercase())
+    };
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(digit(b >> 4));
+        s.push(digit(b & 0xf));
+    }
+    s
+}
+
+/// Builds the CONNECT request (DTLS offered only with [`ConnectParams::dtls_master_secret`]).
 #[must_use]
 pub fn connect_request(p: &ConnectParams<'_>) -> Vec<u8> {
     let cookie = format!("{COOKIE_NAME}={}", p.cookie);
     let base = p.base_mtu.to_string();
     let mtu = p.mtu.to_string();
     let prev = p.prev_ipv4.map(|a| a.to_string());
+    let secret = p.dtls_master_secret.map(|m| hex_upper(&m));
     let mut headers: Vec<(&str, &str)> = vec![
         ("Host", p.host),
         ("User-Agent", "Open AnyConnect VPN Agent v9.01-3"),
@@ -54,7 +77,42 @@ pub fn connect_request(p: &ConnectParams<'_>) -> Vec<u8> {
     if p.ipv6 {
         headers.push(("X-CSTP-Full-IPv6-Capability", "true"));
     }
+    if let Some(secret) = &secret {
+        headers.push(("X-DTLS-Master-Secret", secret));
+        headers.push(("X-DTLS-CipherSuite", PSK_NEGOTIATE));
+    }
     http_client::request("CONNECT", TUNNEL_PATH, &headers, b"")
+}
+
+/// The DTLS mode this client speaks (§7.1).
+pub const PSK_NEGOTIATE: &str = "PSK-NEGOTIATE";
+
+/// The DTLS channel the server offered in PSK-NEGOTIATE mode (§7.1, §4.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DtlsReply {
+    /// `X-DTLS-Port`: the UDP port on the server's IP address.
+    pub port: u16,
+    /// `X-DTLS-App-ID` decoded (1 to 32 bytes): the ClientHello `session_id`.
+    pub app_id: Vec<u8>,
+    /// `X-DTLS-DPD` seconds (0 when absent).
+    pub dpd_secs: u32,
+    /// `X-DTLS-Keepalive` seconds (0 when absent).
+    pub keepalive_secs: u32,
+}
+
+/// `X-DTLS-App-ID`: even-length hex of 2 to 64 digits (openconnect aborts the CONNECT otherwise).
+fn parse_app_id(v: &str) -> Option<Vec<u8>> {
+    if v.is_empty() || v.len() > 64 || v.len() % 2 != 0 {
+        return None;
+    }
+    let digit = |c: u8| char::from(c).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    v.as_bytes()
+        .chunks_exact(2)
+        .map(|pair| match pair {
+            [hi, lo] => Some(digit(*hi)? << 4 | digit(*lo)?),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The tunnel parameters the server pushed in its `200 CONNECTED` answer.
@@ -74,6 +132,10 @@ pub struct ConnectReply {
     pub keepalive_secs: u32,
     /// `X-CSTP-Split-Include` values as sent.
     pub split_include: Vec<String>,
+    /// `X-CSTP-Base-MTU`: the link MTU the DTLS record size is derived from (§7.7).
+    pub base_mtu: Option<u32>,
+    /// The DTLS offer, when the server chose PSK-NEGOTIATE and sent its port and App-ID.
+    pub dtls: Option<DtlsReply>,
 }
 
 /// Why a CONNECT answer can't start a tunnel.
@@ -126,6 +188,8 @@ impl ConnectReply {
         }
         let mut out = Self::default();
         let mut mtu = None;
+        let (mut port, mut app_id, mut psk) = (None, None, false);
+        let (mut dtls_dpd, mut dtls_ka) = (0, 0);
         for (name, value) in &r.headers {
             let v = value.as_str();
             let num = || v.parse::<u32>().map_err(|_| bad(name, v));
@@ -145,8 +209,22 @@ impl ConnectReply {
                 "X-CSTP-DPD" => out.dpd_secs = num()?,
                 "X-CSTP-Keepalive" => out.keepalive_secs = num()?,
                 "X-CSTP-Split-Include" => out.split_include.push(v.to_owned()),
+                "X-CSTP-Base-MTU" => out.base_mtu = Some(num()?),
+                "X-DTLS-Port" => port = Some(v.parse::<u16>().map_err(|_| bad(name, v))?),
+                "X-DTLS-App-ID" => app_id = Some(parse_app_id(v).ok_or_else(|| bad(name, v))?),
+                "X-DTLS-CipherSuite" => psk = v == PSK_NEGOTIATE,
+                "X-DTLS-DPD" => dtls_dpd = num()?,
+                "X-DTLS-Keepalive" => dtls_ka = num()?,
                 _ => {}
             }
+        }
+        if let (Some(port), Some(app_id), true) = (port, app_id, psk) {
+            out.dtls = Some(DtlsReply {
+                port,
+                app_id,
+                dpd_secs: dtls_dpd,
+                keepalive_secs: dtls_ka,
+            });
         }
         out.mtu = mtu.ok_or(ConnectReplyError::NoMtu)?;
         if out.ipv4.is_none() && out.ipv6.is_none() {
@@ -210,6 +288,7 @@ mod tests {
             mtu: 1390,
             prev_ipv4: Some("198.18.128.9".parse().unwrap()),
             ipv6: false,
+            dtls_master_secret: None,
         });
         let (req, used) = crate::http::parse_request(&raw, &crate::http::Limits::default())
             .unwrap()
@@ -219,6 +298,79 @@ mod tests {
         assert_eq!(c.cookie, "abcDEF123");
         assert_eq!(c.prev_ipv4, Some("198.18.128.9".parse().unwrap()));
         assert_eq!(c.base_mtu, Some(1500));
+        assert!(!c.dtls_psk, "no DTLS offered without a master secret");
+    }
+
+    #[test]
+    fn a_dtls_offer_is_read_by_the_server_as_psk_negotiate() {
+        let raw = connect_request(&ConnectParams {
+            host: "198.18.1.1",
+            cookie: "abc",
+            hostname: "bench",
+            base_mtu: 1500,
+            mtu: 1390,
+            prev_ipv4: None,
+            ipv6: false,
+            dtls_master_secret: Some([0xab; 48]),
+        });
+        let text = String::from_utf8(raw.clone()).unwrap();
+        assert!(text.contains(&format!("X-DTLS-Master-Secret: {}\r\n", "AB".repeat(48))));
+        let (req, _) = crate::http::parse_request(&raw, &crate::http::Limits::default())
+            .unwrap()
+            .unwrap();
+        assert!(ConnectRequest::from_request(&req).unwrap().dtls_psk);
+    }
+
+    #[test]
+    fn the_gateways_dtls_offer_reads_back_with_its_app_id_and_timers() {
+        let mut reply = server_reply();
+        let app_id: [u8; 32] = std::array::from_fn(|i| u8::try_from(i * 7).unwrap());
+        reply.dtls = Some(crate::connect::DtlsOffer {
+            port: 4443,
+            app_id,
+            dpd_secs: 30,
+            keepalive_secs: 12,
+        });
+        let raw = reply.encode();
+        let (resp, _) = parse_response(&raw, true).unwrap().unwrap();
+        let r = ConnectReply::from_response(&resp).unwrap();
+        assert_eq!(r.base_mtu, Some(1500));
+        assert_eq!(
+            r.dtls,
+            Some(DtlsReply {
+                port: 4443,
+                app_id: app_id.to_vec(),
+                dpd_secs: 30,
+                keepalive_secs: 12
+            })
+        );
+        // Without DTLS in the answer there is no offer.
+        let raw = server_reply().encode();
+        let (resp, _) = parse_response(&raw, true).unwrap().unwrap();
+        assert_eq!(ConnectReply::from_response(&resp).unwrap().dtls, None);
+    }
+
+    #[test]
+    fn a_bad_app_id_aborts_and_a_legacy_suite_is_no_offer() {
+        let head = "HTTP/1.1 200 CONNECTED\r\nX-CSTP-MTU: 1400\r\nX-CSTP-Address: 1.2.3.4\r\nX-DTLS-Port: 443\r\n";
+        let read = |extra: &str| {
+            let raw = format!("{head}{extra}\r\n");
+            let (resp, _) = parse_response(raw.as_bytes(), true).unwrap().unwrap();
+            ConnectReply::from_response(&resp)
+        };
+        for bad_id in ["abc", "", "zz", &"00".repeat(33)] {
+            assert!(
+                matches!(
+                    read(&format!("X-DTLS-App-ID: {bad_id}\r\nX-DTLS-CipherSuite: PSK-NEGOTIATE\r\n")),
+                    Err(ConnectReplyError::BadValue { .. })
+                ),
+                "{bad_id:?} accepted"
+            );
+        }
+        let legacy = read("X-DTLS-App-ID: 0a0b\r\nX-DTLS-CipherSuite: AES128-SHA\r\n").unwrap();
+        assert_eq!(legacy.dtls, None);
+        let short = read("X-DTLS-App-ID: 0A0b\r\nX-DTLS-CipherSuite: PSK-NEGOTIATE\r\n").unwrap();
+        assert_eq!(short.dtls.map(|d| d.app_id), Some(vec![0x0a, 0x0b]));
     }
 
     #[test]
