@@ -6,6 +6,8 @@
 //! pushing packets both ways through the gateway to an echo host), `storm` (every session dropped
 //! and brought back at once). Sessions are spread over worker processes (the open-files limit) and
 //! over source addresses (ephemeral ports); the report is a table and, with `--json`, a JSON file.
+//! With `--dtls` every scenario runs its sessions' packets over DTLS (PSK-NEGOTIATE, as
+//! openconnect), the handshake counted as part of each setup.
 
 mod hist;
 mod orchestrate;
@@ -136,7 +138,8 @@ struct Common {
     /// Local source address for sessions (repeat, or a range `A-B`); sessions take them in turn.
     #[arg(long = "source", value_name = "ADDR|A-B")]
     sources: Vec<String>,
-    /// Most sessions per worker process (each is one open file; the limit here is 20,000).
+    /// Most sessions per worker process (each is one open file, two with --dtls; it is lowered
+    /// further if the process's open-files limit would not hold them).
     #[arg(long, default_value_t = 8000)]
     per_process: u32,
     /// Worker processes (default: as few as --per-process allows).
@@ -155,12 +158,21 @@ struct Common {
     /// Deadline for one setup, seconds.
     #[arg(long, default_value_t = 30)]
     setup_timeout: u64,
-    /// Keepalive interval, seconds (0: off; default: what the server pushes).
+    /// Keepalive interval, seconds (0: off; default: what the server pushes). Applies to the
+    /// DTLS channel too.
     #[arg(long)]
     keepalive: Option<u32>,
-    /// DPD interval, seconds (0: off; default: what the server pushes).
+    /// DPD interval, seconds (0: off; default: what the server pushes). Applies to the DTLS
+    /// channel too.
     #[arg(long)]
     dpd: Option<u32>,
+    /// Offer DTLS and send packets over it once up (CSTP until then, and if it fails); the
+    /// handshake is part of each setup and the report says how many sessions got it.
+    #[arg(long)]
+    dtls: bool,
+    /// Deadline for one DTLS handshake, seconds.
+    #[arg(long, default_value_t = 10)]
+    dtls_timeout: u64,
     /// The server's pid: report its (and its children's) memory and CPU from /proc.
     #[arg(long)]
     server_pid: Option<u32>,

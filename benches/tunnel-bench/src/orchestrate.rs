@@ -37,6 +37,31 @@ impl Drop for Worker {
     }
 }
 
+/// Open files a worker keeps for itself (stdio, the runtime, pipes) besides its sessions.
+const FD_RESERVE: u64 = 256;
+
+/// Most sessions one worker can hold within an open-files limit of `nofile` when each session
+/// costs `fds_per_session` descriptors (TCP, plus UDP with DTLS).
+pub(crate) fn sessions_within(nofile: u64, fds_per_session: u64) -> u32 {
+    let budget = nofile.saturating_sub(FD_RESERVE) / fds_per_session.max(1);
+    u32::try_from(budget).unwrap_or(u32::MAX).max(1)
+}
+
+/// The hard open-files limit a worker raises its soft limit to.
+#[allow(unsafe_code)]
+fn nofile_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the rlimit struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_max
+    } else {
+        20_000
+    }
+}
+
 /// The split of `n` sessions over workers: (first session, count) each.
 pub(crate) fn split(n: u32, per_process: u32, processes: Option<u32>) -> Vec<(u32, u32)> {
     let min = n.div_ceil(per_process.max(1)).max(1);
@@ -87,7 +112,11 @@ pub(crate) fn run(
     action: Option<Action>,
     scenario: &str,
 ) -> Result<Report> {
-    let shares = split(c.sessions, c.per_process, c.processes);
+    let fds_per_session = if c.dtls { 2 } else { 1 };
+    let per_process = c
+        .per_process
+        .min(sessions_within(nofile_limit(), fds_per_session));
+    let shares = split(c.sessions, per_process, c.processes);
     let k = shares.len() as u32;
     let exe = std::env::current_exe().context("finding the tunnel-bench executable")?;
     let (tx, rx) = mpsc::channel::<(usize, Option<Msg>)>();
@@ -115,6 +144,8 @@ pub(crate) fn run(
             setup_timeout_s: c.setup_timeout,
             keepalive_s: c.keepalive,
             dpd_s: c.dpd,
+            dtls: c.dtls,
+            dtls_timeout_s: c.dtls_timeout,
         };
         let mut child = Command::new(&exe)
             .arg("worker")
@@ -306,5 +337,15 @@ mod tests {
         }
         assert_eq!(split(20_000, 8000, None).len(), 3);
         assert_eq!(split(64_000, 8000, Some(4)).len(), 8);
+    }
+
+    #[test]
+    fn dtls_sessions_cost_two_descriptors_in_the_per_process_budget() {
+        assert_eq!(sessions_within(20_000, 1), 19_744);
+        assert_eq!(sessions_within(20_000, 2), 9_872);
+        // 16,000 DTLS sessions don't fit one process under a 20,000 limit: 2 workers.
+        let per = 16_000u32.min(sessions_within(20_000, 2));
+        assert_eq!(split(16_000, per, None).len(), 2);
+        assert_eq!(sessions_within(100, 2), 1, "never zero");
     }
 }

@@ -32,6 +32,13 @@ pub(crate) struct ConnectSummary {
     connect_ms: LatencySummary,
     verify_sent: u64,
     verify_received: u64,
+    /// Sessions up with DTLS established (`--dtls`).
+    dtls_up: u64,
+    /// DTLS outcome per session up, by label (`up`, `not_offered`, `handshake_timeout`, ...).
+    dtls: BTreeMap<String, u64>,
+    dtls_failure_examples: BTreeMap<String, String>,
+    /// CONNECT answer to DTLS outcome (included in `setup_ms`).
+    dtls_ms: LatencySummary,
 }
 
 /// The server's resources.
@@ -84,6 +91,15 @@ pub(crate) struct ActionSummary {
     recovered: u64,
     recovery_ms: LatencySummary,
     address_changed: u64,
+    /// IP packets sent over DTLS (the rest went over CSTP).
+    dtls_packets_sent: u64,
+    /// IP packets received over DTLS.
+    dtls_packets_received: u64,
+    dtls_keepalives: u64,
+    dtls_dpd_sent: u64,
+    dtls_dpd_answered: u64,
+    /// `--dtls`: each session's DTLS state at the end of the action, by label.
+    dtls: BTreeMap<String, u64>,
 }
 
 /// The whole report.
@@ -95,6 +111,8 @@ pub(crate) struct Report {
     sessions: u32,
     processes: u32,
     source_addresses: usize,
+    /// `dtls` when the sessions were asked to carry packets over DTLS, else `cstp`.
+    transport: &'static str,
     connect: ConnectSummary,
     server: Option<ServerSummary>,
     action: Option<ActionSummary>,
@@ -135,7 +153,17 @@ impl Report {
         let (mut up, mut attempted, mut vs, mut vr) = (0, 0, 0, 0);
         let mut elapsed = 0f64;
         let mut hs: [Hist; 5] = Default::default();
+        let mut dtls_up = 0;
+        let mut dtls = BTreeMap::new();
+        let mut dtls_examples = BTreeMap::new();
+        let mut dtls_time = Hist::default();
         for r in connect {
+            dtls_up += r.dtls_up;
+            add_counts(&mut dtls, &r.dtls);
+            for (k, v) in &r.dtls_examples {
+                dtls_examples.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            dtls_time.merge(&r.dtls_time);
             up += r.up;
             attempted += r.attempted;
             vs += r.verify_sent;
@@ -169,6 +197,13 @@ impl Report {
                 vs - vr
             ));
         }
+        if c.dtls && dtls_up < up {
+            let without: BTreeMap<_, _> = dtls.iter().filter(|(k, _)| *k != "up").collect();
+            problems.push(format!(
+                "{} of {up} sessions without DTLS: {without:?}",
+                up - dtls_up
+            ));
+        }
         let [setup, tcp, tls, auth, conn] = hs;
         let connect_summary = ConnectSummary {
             attempted,
@@ -188,6 +223,10 @@ impl Report {
             connect_ms: conn.summary_ms(),
             verify_sent: vs,
             verify_received: vr,
+            dtls_up,
+            dtls,
+            dtls_failure_examples: dtls_examples,
+            dtls_ms: dtls_time.summary_ms(),
         };
 
         let action_summary = acts.map(|acts| {
@@ -211,6 +250,12 @@ impl Report {
                 a.recovered += r.recovered;
                 a.recovery.merge(&r.recovery);
                 a.address_changed += r.address_changed;
+                a.dtls_sent += r.dtls_sent;
+                a.dtls_received += r.dtls_received;
+                a.dtls_keepalives += r.dtls_keepalives;
+                a.dtls_dpd_sent += r.dtls_dpd_sent;
+                a.dtls_dpd_answered += r.dtls_dpd_answered;
+                add_counts(&mut a.dtls, &r.dtls);
             }
             let secs = if a.elapsed_s > 0.0 {
                 a.elapsed_s
@@ -261,6 +306,18 @@ impl Report {
                     a.dpd_sent
                 ));
             }
+            let off_dtls: u64 = a
+                .dtls
+                .iter()
+                .filter(|(k, _)| *k != "up")
+                .map(|(_, v)| v)
+                .sum();
+            if c.dtls && off_dtls > 0 {
+                problems.push(format!(
+                    "{off_dtls} sessions not on DTLS at the end of {kind}: {:?}",
+                    a.dtls
+                ));
+            }
             ActionSummary {
                 kind,
                 wall_s: action_wall.as_secs_f64(),
@@ -283,6 +340,12 @@ impl Report {
                 recovered: a.recovered,
                 recovery_ms: a.recovery.summary_ms(),
                 address_changed: a.address_changed,
+                dtls_packets_sent: a.dtls_sent,
+                dtls_packets_received: a.dtls_received,
+                dtls_keepalives: a.dtls_keepalives,
+                dtls_dpd_sent: a.dtls_dpd_sent,
+                dtls_dpd_answered: a.dtls_dpd_answered,
+                dtls: a.dtls,
             }
         });
 
@@ -339,6 +402,7 @@ impl Report {
             sessions: c.sessions,
             processes,
             source_addresses: sources,
+            transport: if c.dtls { "dtls" } else { "cstp" },
             connect: connect_summary,
             server,
             action: action_summary,
@@ -367,7 +431,15 @@ impl Report {
             "processes / source addresses",
             format!("{} / {}", self.processes, self.source_addresses),
         );
+        row("transport", self.transport.to_owned());
         row("sessions up", format!("{} of {}", c.up, c.attempted));
+        if self.transport == "dtls" {
+            row(
+                "DTLS up",
+                format!("{} of {} ({:?})", c.dtls_up, c.up, c.dtls),
+            );
+            row("DTLS handshake", lat(&c.dtls_ms));
+        }
         if !c.failed.is_empty() {
             row("failures by reason", format!("{:?}", c.failed));
         }
@@ -442,6 +514,19 @@ impl Report {
                         format!("min {lo:.2} / median {med:.2} / max {hi:.2} Mbit/s, Jain {f:.3}"),
                     );
                 }
+            }
+            if self.transport == "dtls" {
+                row(
+                    "packets over DTLS",
+                    format!(
+                        "{} sent, {} received; {} keepalives, {} of {} DPD answered",
+                        a.dtls_packets_sent,
+                        a.dtls_packets_received,
+                        a.dtls_keepalives,
+                        a.dtls_dpd_answered,
+                        a.dtls_dpd_sent
+                    ),
+                );
             }
             if a.dpd_sent > 0 || a.keepalives > 0 {
                 row(

@@ -48,6 +48,10 @@ pub(crate) struct WorkerSpec {
     pub(crate) keepalive_s: Option<u32>,
     /// DPD interval override, seconds (0: off); `None` uses the server's value.
     pub(crate) dpd_s: Option<u32>,
+    /// Offer DTLS and wait for its handshake as part of each setup.
+    pub(crate) dtls: bool,
+    /// Deadline for one DTLS handshake, seconds.
+    pub(crate) dtls_timeout_s: u64,
 }
 
 /// How the storm drops and brings back sessions.
@@ -122,6 +126,14 @@ pub(crate) struct ConnectReport {
     pub(crate) verify_received: u64,
     /// One example error text per failure reason.
     pub(crate) examples: BTreeMap<String, String>,
+    /// Sessions up with DTLS established (with `dtls`).
+    pub(crate) dtls_up: u64,
+    /// DTLS outcome of each session up, by label (`up`, `not_offered`, `handshake_timeout`...).
+    pub(crate) dtls: BTreeMap<String, u64>,
+    /// One example text per DTLS failure reason.
+    pub(crate) dtls_examples: BTreeMap<String, String>,
+    /// CONNECT answer to DTLS outcome (part of `setup`), microseconds.
+    pub(crate) dtls_time: Hist,
 }
 
 /// Outcome of one action in one worker (fields unused by an action stay zero).
@@ -159,6 +171,18 @@ pub(crate) struct ActionReport {
     pub(crate) address_changed: u64,
     /// Logout failures (End).
     pub(crate) logout_failed: u64,
+    /// IP packets sent over DTLS.
+    pub(crate) dtls_sent: u64,
+    /// IP packets received over DTLS.
+    pub(crate) dtls_received: u64,
+    /// DTLS keepalives sent.
+    pub(crate) dtls_keepalives: u64,
+    /// DTLS DPD requests sent.
+    pub(crate) dtls_dpd_sent: u64,
+    /// DTLS DPD responses received.
+    pub(crate) dtls_dpd_answered: u64,
+    /// With DTLS: each session's DTLS state at the end of the phase, by label.
+    pub(crate) dtls: BTreeMap<String, u64>,
     /// One example error text per loss reason.
     pub(crate) examples: BTreeMap<String, String>,
 }

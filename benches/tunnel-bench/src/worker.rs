@@ -15,7 +15,9 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant as TInstant;
 use tunnel_client::packet::{parse_reply, Probe, ProbeBuilder, ProbeKind};
 use tunnel_client::tls::Verify;
-use tunnel_client::{ClientError, Credentials, Endpoint, SetupTimings, Tunnel};
+use tunnel_client::{
+    ClientError, Credentials, DtlsStats, DtlsStatus, Endpoint, Established, SetupTimings, Tunnel,
+};
 use tunnel_proto::cstp::FrameType;
 
 use crate::hist::Hist;
@@ -109,8 +111,14 @@ impl Ctx {
     }
 }
 
+/// A setup that worked: its timings and its DTLS outcome (label, and the failure's text).
+struct SetupOk {
+    timings: SetupTimings,
+    dtls: Option<(&'static str, Option<String>)>,
+}
+
 enum Ev {
-    Setup(Result<SetupTimings, (&'static str, String)>),
+    Setup(Result<SetupOk, (&'static str, String)>),
     Verified(bool),
     Report(Box<SessionReport>),
 }
@@ -133,6 +141,8 @@ struct SessionReport {
     recovered: Option<Duration>,
     address_changed: bool,
     logout_failed: bool,
+    dtls: DtlsStats,
+    dtls_state: Option<&'static str>,
 }
 
 async fn main(spec: WorkerSpec) -> Result<()> {
@@ -142,6 +152,8 @@ async fn main(spec: WorkerSpec) -> Result<()> {
     };
     let mut ep = Endpoint::new(spec.server, verify).context("TLS client configuration")?;
     ep.setup_timeout = Duration::from_secs(spec.setup_timeout_s.max(1));
+    ep.dtls = spec.dtls;
+    ep.dtls_handshake_timeout = Duration::from_secs(spec.dtls_timeout_s.max(1));
     let ctx = Arc::new(Ctx {
         creds: Credentials {
             username: spec.user.clone(),
@@ -198,8 +210,16 @@ async fn main(spec: WorkerSpec) -> Result<()> {
     while setups < rep.attempted || (ctx.spec.verify && verifies < rep.up) {
         tokio::select! {
             ev = ev_rx.recv() => match ev {
-                Some(Ev::Setup(Ok(t))) => {
+                Some(Ev::Setup(Ok(SetupOk { timings: t, dtls }))) => {
                     setups += 1;
+                    if let Some((label, text)) = dtls {
+                        *rep.dtls.entry(label.to_owned()).or_insert(0) += 1;
+                        rep.dtls_up += u64::from(label == "up");
+                        if let Some(text) = text {
+                            rep.dtls_examples.entry(label.to_owned()).or_insert(text);
+                        }
+                        rep.dtls_time.record(u64::try_from(t.dtls.as_micros()).unwrap_or(u64::MAX));
+                    }
                     rep.up += 1;
                     last_setup = Instant::now();
                     let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
@@ -281,6 +301,57 @@ fn merge(agg: &mut ActionReport, r: &SessionReport) {
     }
     agg.address_changed += u64::from(r.address_changed);
     agg.logout_failed += u64::from(r.logout_failed);
+    agg.dtls_sent += r.dtls.packets_sent;
+    agg.dtls_received += r.dtls.packets_received;
+    agg.dtls_keepalives += r.dtls.keepalives;
+    agg.dtls_dpd_sent += r.dtls.dpd_sent;
+    agg.dtls_dpd_answered += r.dtls.dpd_answered;
+    if let Some(label) = r.dtls_state {
+        *agg.dtls.entry(label.to_owned()).or_insert(0) += 1;
+    }
+}
+
+/// What changed in `now` since `before`.
+fn stats_since(now: DtlsStats, before: DtlsStats) -> DtlsStats {
+    DtlsStats {
+        packets_sent: now.packets_sent.saturating_sub(before.packets_sent),
+        packets_received: now.packets_received.saturating_sub(before.packets_received),
+        keepalives: now.keepalives.saturating_sub(before.keepalives),
+        dpd_sent: now.dpd_sent.saturating_sub(before.dpd_sent),
+        dpd_answered: now.dpd_answered.saturating_sub(before.dpd_answered),
+    }
+}
+
+/// With DTLS asked for, waits for the new tunnel's DTLS outcome (part of the setup: its time
+/// goes into the timings) and applies the keepalive/DPD overrides to it.
+async fn settle_dtls(ctx: &Ctx, est: &mut Established) -> Result<(), ClientError> {
+    if !ctx.spec.dtls {
+        return Ok(());
+    }
+    let t = Instant::now();
+    est.tunnel.wait_dtls().await?;
+    est.timings.dtls = t.elapsed();
+    let secs = |s: u32| Duration::from_secs(u64::from(s));
+    let dtls = est.tunnel.reply().dtls.clone();
+    let dpd = ctx.spec.dpd_s.or(dtls.as_ref().map(|d| d.dpd_secs));
+    let ka = ctx
+        .spec
+        .keepalive_s
+        .or(dtls.as_ref().map(|d| d.keepalive_secs));
+    est.tunnel.set_dtls_timers(dpd.map(secs), ka.map(secs));
+    Ok(())
+}
+
+/// The DTLS outcome of a tunnel for the connect report.
+fn dtls_outcome(ctx: &Ctx, t: &Tunnel) -> Option<(&'static str, Option<String>)> {
+    ctx.spec.dtls.then(|| {
+        let s = t.dtls_status();
+        let text = match s {
+            DtlsStatus::Failed(f) => Some(f.to_string()),
+            _ => None,
+        };
+        (s.label(), text)
+    })
 }
 
 async fn session(
@@ -295,7 +366,10 @@ async fn session(
         let Ok(_permit) = sem.acquire().await else {
             return;
         };
-        tunnel_client::connect(&ctx.ep, &ctx.creds(idx), source).await
+        match tunnel_client::connect(&ctx.ep, &ctx.creds(idx), source).await {
+            Ok(mut est) => settle_dtls(&ctx, &mut est).await.map(|()| est),
+            Err(e) => Err(e),
+        }
     };
     let est = match setup {
         Ok(e) => e,
@@ -304,7 +378,10 @@ async fn session(
             return;
         }
     };
-    let _ = ev.send(Ev::Setup(Ok(est.timings)));
+    let _ = ev.send(Ev::Setup(Ok(SetupOk {
+        timings: est.timings,
+        dtls: dtls_outcome(&ctx, &est.tunnel),
+    })));
     let mut s = Live::new(Arc::clone(&ctx), idx, source, est.tunnel, est.cookie);
     if ctx.spec.verify {
         let ok = s.probe_once(VERIFY_WAIT).await;
@@ -373,6 +450,8 @@ struct Live {
     next_ka: Option<TInstant>,
     next_dpd: Option<TInstant>,
     cur: SessionReport,
+    /// The tunnel's DTLS counters when the phase started.
+    dtls_base: DtlsStats,
 }
 
 async fn sleep_opt(t: Option<TInstant>) {
@@ -410,6 +489,7 @@ impl Live {
         let dpd = pick(ctx.spec.dpd_s, tunnel.reply().dpd_secs);
         let probes = ProbeBuilder::new(ctx.probe_kind(idx), addr, ctx.spec.target, idx, 100);
         let now = TInstant::now();
+        let dtls_base = tunnel.dtls_stats();
         Self {
             idx,
             source,
@@ -425,6 +505,7 @@ impl Live {
             next_ka: ka.map(|d| now + d),
             next_dpd: dpd.map(|d| now + d),
             cur: SessionReport::default(),
+            dtls_base,
             ctx,
         }
     }
@@ -589,6 +670,11 @@ impl Live {
                 let a = phase.borrow_and_update().clone();
                 if let Some(a) = a {
                     self.inbox.clear();
+                    self.dtls_base = self
+                        .tunnel
+                        .as_ref()
+                        .map(Tunnel::dtls_stats)
+                        .unwrap_or_default();
                     self.cur = SessionReport {
                         took_part: true,
                         ..SessionReport::default()
@@ -601,6 +687,16 @@ impl Live {
     }
 
     fn take_report(&mut self) -> SessionReport {
+        if let Some(t) = self.tunnel.as_ref() {
+            self.cur.dtls = stats_since(t.dtls_stats(), self.dtls_base);
+        }
+        if self.ctx.spec.dtls {
+            self.cur.dtls_state = Some(
+                self.tunnel
+                    .as_ref()
+                    .map_or("session_lost", |t| t.dtls_status().label()),
+            );
+        }
         std::mem::take(&mut self.cur)
     }
 
@@ -695,9 +791,15 @@ impl Live {
                 tunnel_client::connect(&self.ctx.ep, &self.ctx.creds(self.idx), self.source).await
             }
         };
+        let up = match up {
+            Ok(mut est) => settle_dtls(&self.ctx, &mut est).await.map(|()| est),
+            Err(e) => Err(e),
+        };
         match up {
             Ok(est) => {
                 self.cur.recovered = Some(t0.elapsed());
+                // A new tunnel: its DTLS counters start from zero.
+                self.dtls_base = DtlsStats::default();
                 self.addr = est.tunnel.ipv4().unwrap_or(Ipv4Addr::UNSPECIFIED);
                 self.cur.address_changed = mode == StormMode::Cookie && self.addr != prev;
                 self.probes = ProbeBuilder::new(

@@ -179,7 +179,10 @@ mod tests {
         assert_eq!(t.handle_timeout(t0 + s(5)), None);
         assert_eq!(
             drive(&mut t, t0, s(14)),
-            vec![(8, ChannelEvent::SendKeepalive), (13, ChannelEvent::SendKeepalive)]
+            vec![
+                (8, ChannelEvent::SendKeepalive),
+                (13, ChannelEvent::SendKeepalive)
+            ]
         );
     }
 

@@ -203,7 +203,10 @@ fn build_context() -> Result<Context, openssl::error::ErrorStack> {
         dst.copy_from_slice(k);
         Ok(PSK_LEN)
     });
-    Ok(Context { ctx: b.build(), psk })
+    Ok(Context {
+        ctx: b.build(),
+        psk,
+    })
 }
 
 fn context() -> Result<&'static Context, DtlsFailure> {
@@ -223,7 +226,9 @@ fn app_id_session(app_id: &[u8]) -> Result<Vec<u8>, DtlsFailure> {
         .ok_or_else(|| DtlsFailure::Setup(format!("App-ID of {} bytes", app_id.len())))?;
     let mut master = [0u8; 48];
     openssl::rand::rand_bytes(&mut master).map_err(|e| DtlsFailure::Setup(e.to_string()))?;
-    let mut inner = vec![0x02, 0x01, 0x01, 0x02, 0x03, 0x00, 0xFE, 0xFD, 0x04, 0x02, 0x00, 0xA9];
+    let mut inner = vec![
+        0x02, 0x01, 0x01, 0x02, 0x03, 0x00, 0xFE, 0xFD, 0x04, 0x02, 0x00, 0xA9,
+    ];
     inner.extend_from_slice(&[0x04, sid_len]);
     inner.extend_from_slice(app_id);
     inner.extend_from_slice(&[0x04, 48]);
@@ -495,9 +500,9 @@ impl DtlsChannel {
     /// When [`Self::handle_timeout`] must run next.
     pub(crate) fn poll_timeout(&self, now: Instant) -> Option<Instant> {
         match self.handshake_deadline {
-            Some(deadline) => Some(
-                retransmit_in(self.stream.ssl()).map_or(deadline, |d| (now + d).min(deadline)),
-            ),
+            Some(deadline) => {
+                Some(retransmit_in(self.stream.ssl()).map_or(deadline, |d| (now + d).min(deadline)))
+            }
             None => self.timers.as_ref().and_then(ChannelTimers::poll_timeout),
         }
     }
@@ -731,7 +736,9 @@ mod tests {
         assert_eq!(now, t0 + Duration::from_secs(31));
         assert_eq!(
             dead,
-            Some(ChannelChange::Failed(DtlsFailure::PeerDead(Duration::from_secs(20))))
+            Some(ChannelChange::Failed(DtlsFailure::PeerDead(
+                Duration::from_secs(20)
+            )))
         );
     }
 
@@ -768,7 +775,10 @@ mod tests {
         let mut c = DtlsChannel::start(&[5; 32], [1; 32], params(), t0).unwrap();
         let first = client_out(&mut c);
         let at = c.poll_timeout(t0).unwrap();
-        assert!(at > t0 && at <= t0 + Duration::from_secs(2), "retransmit timer");
+        assert!(
+            at > t0 && at <= t0 + Duration::from_secs(2),
+            "retransmit timer"
+        );
         // OpenSSL's timer runs on the real clock: wait for it, then the hello goes again.
         std::thread::sleep(at - t0 + Duration::from_millis(20));
         assert_eq!(c.handle_timeout(Instant::now()), None);

@@ -85,7 +85,10 @@ fn start_dtls(
     reply: &ConnectReply,
     req: DtlsRequest,
 ) -> Result<DtlsIo, DtlsFailure> {
-    let offer = reply.dtls.as_ref().ok_or(DtlsFailure::Setup("no offer".into()))?;
+    let offer = reply
+        .dtls
+        .as_ref()
+        .ok_or(DtlsFailure::Setup("no offer".into()))?;
     let psk = tls
         .get_ref()
         .1
@@ -95,8 +98,7 @@ fn start_dtls(
     let tcp = tls.get_ref().0;
     let local = tcp.local_addr().map_err(sock_err)?;
     let server = tcp.peer_addr().map_err(sock_err)?;
-    let std_sock =
-        std::net::UdpSocket::bind(SocketAddr::new(local.ip(), 0)).map_err(sock_err)?;
+    let std_sock = std::net::UdpSocket::bind(SocketAddr::new(local.ip(), 0)).map_err(sock_err)?;
     std_sock
         .connect(SocketAddr::new(server.ip(), offer.port))
         .map_err(sock_err)?;
@@ -203,7 +205,11 @@ impl Tunnel {
     /// The DTLS counters since the tunnel came up.
     #[must_use]
     pub fn dtls_stats(&self) -> DtlsStats {
-        let cur = self.dtls.as_ref().map(|d| d.chan.stats()).unwrap_or_default();
+        let cur = self
+            .dtls
+            .as_ref()
+            .map(|d| d.chan.stats())
+            .unwrap_or_default();
         let p = self.dtls_past;
         DtlsStats {
             packets_sent: p.packets_sent + cur.packets_sent,
@@ -225,10 +231,9 @@ impl Tunnel {
     /// handshake timeout). Frames arriving meanwhile stay buffered for [`Self::next_frame`].
     pub async fn wait_dtls(&mut self) -> Result<&DtlsStatus, ClientError> {
         while self.dtls_status == DtlsStatus::Connecting {
+            // The ClientHello (and anything else queued) goes out before we wait for answers.
+            self.flush().await?;
             self.read().await?;
-            if self.has_pending() {
-                self.flush().await?;
-            }
         }
         Ok(&self.dtls_status)
     }
@@ -393,6 +398,8 @@ impl Tunnel {
         if self.rbuf.capacity() - self.rbuf.len() < 4096 {
             self.rbuf.reserve(READ_RESERVE);
         }
+        // Datagrams still queued (the ClientHello of a new tunnel) go before we sleep.
+        self.dtls_send().await;
         let woke = match self.dtls.as_ref() {
             None => Woke::Tls(self.tls.read_buf(&mut self.rbuf).await),
             Some(d) => {

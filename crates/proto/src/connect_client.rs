@@ -39,9 +39,7 @@ pub struct ConnectParams<'a> {
 
 /// Upper-case hex, as openconnect writes `X-DTLS-Master-Secret`.
 fn hex_upper(bytes: &[u8]) -> String {
-    let digit = |n: u8| {
-        char::from_digit(u32::from(n), 16).map_or('0', |c| c.to_ascii_uppercase())
-    };
+    let digit = |n: u8| char::from_digit(u32::from(n), 16).map_or('0', |c| c.to_ascii_uppercase());
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
         s.push(digit(b >> 4));
@@ -105,7 +103,11 @@ fn parse_app_id(v: &str) -> Option<Vec<u8>> {
     if v.is_empty() || v.len() > 64 || v.len() % 2 != 0 {
         return None;
     }
-    let digit = |c: u8| char::from(c).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    let digit = |c: u8| {
+        char::from(c)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    };
     v.as_bytes()
         .chunks_exact(2)
         .map(|pair| match pair {
@@ -361,7 +363,9 @@ mod tests {
         for bad_id in ["abc", "", "zz", &"00".repeat(33)] {
             assert!(
                 matches!(
-                    read(&format!("X-DTLS-App-ID: {bad_id}\r\nX-DTLS-CipherSuite: PSK-NEGOTIATE\r\n")),
+                    read(&format!(
+                        "X-DTLS-App-ID: {bad_id}\r\nX-DTLS-CipherSuite: PSK-NEGOTIATE\r\n"
+                    )),
                     Err(ConnectReplyError::BadValue { .. })
                 ),
                 "{bad_id:?} accepted"
