@@ -143,8 +143,13 @@ def main():
     p("Sessions log in as USERS different users (`bench0`, `bench1`, ...; see the parameters above),")
     p("several devices per user at the larger N, as a fleet of devices would.")
     p()
-    p("Both servers carry CSTP over TLS only (the harness client speaks no DTLS, openconnect runs with")
-    p("--no-dtls, ocserv's UDP port is off; DTLS is not compared yet), and")
+    if "TRANSPORT=dtls" in machine:
+        p("Both servers run DTLS 1.2 PSK (tunneld's [dtls] and ocserv's udp-port on): the harness's")
+        p("throughput sessions send over DTLS (--dtls) and openconnect uses DTLS; the connect and")
+        p("storm scenarios offer no DTLS (CSTP over TLS), and")
+    else:
+        p("Both servers carry CSTP over TLS only (the harness offers no DTLS, openconnect runs with")
+        p("--no-dtls, ocserv's UDP port is off; TRANSPORT=dtls compares DTLS), and")
     p("ocserv's per-source rate limit and ban score are off (the harness opens many sessions from eight")
     p("source addresses). The client processes run on the same two cores as the server, so every")
     p("rate below is a lower bound for the server alone, and equally so for both.")

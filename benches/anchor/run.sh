@@ -22,6 +22,9 @@
 #                     where its setup CPU goes (perf-setup.txt); skipped when perf is missing
 #   MICRO [1]         also run the criterion micro-benchmarks (short measurement) into micro.txt
 #   WRITE_DOCS [1]    regenerate docs/benchmarks.md from the results
+#   TRANSPORT [cstp]  dtls: turn on DTLS in both servers (tunneld [dtls], ocserv udp-port) and run
+#                     the harness throughput scenario with --dtls and openconnect with DTLS;
+#                     cstp: TLS only, as before (the harness offers no DTLS, openconnect --no-dtls)
 #
 # Everything runs inside network namespaces this script creates (tba<pid>-dev, -gw, -corp) and
 # removes on exit; traffic goes only between them. Needs root, /dev/net/tun, ocserv, openconnect,
@@ -44,6 +47,12 @@ OUT="${OUT:-$ROOT/target/anchor/$(date -u +%Y%m%dT%H%M%SZ)}"
 WRITE_DOCS="${WRITE_DOCS:-1}"
 MICRO="${MICRO:-1}"
 PERF="${PERF:-1}"
+TRANSPORT="${TRANSPORT:-cstp}"
+case "$TRANSPORT" in
+cstp) BENCH_DTLS=(); OC_DTLS=(--no-dtls) ;;
+dtls) BENCH_DTLS=(--dtls); OC_DTLS=() ;;
+*) echo "anchor: TRANSPORT must be cstp or dtls, not $TRANSPORT" >&2; exit 1 ;;
+esac
 
 ID="tba$$"
 DEV="$ID-dev"
@@ -149,12 +158,17 @@ auth_timeout_secs = 30
 [auth]
 users_file = "$OUT/users"
 [metrics]
+[control]
+socket = "$OUT/control.sock"
 CONF
+    if [ "$TRANSPORT" = dtls ]; then
+        printf '[dtls]\nenabled = true\n' >> "$OUT/tunneld.toml"
+    fi
 }
 
 write_ocserv_config() {
     # Equivalent to the tunneld config: same address, certificate, users, pool, route, MTU and
-    # timers; TLS only (no udp-port: the harness client has no DTLS, so both carry CSTP over TLS); no
+    # timers; TLS only unless TRANSPORT=dtls (then udp-port on the TLS port, PSK DTLS); no
     # per-source connection rate limit or ban score (ocserv's defaults would throttle the harness,
     # which opens many sessions from few addresses); no session or client caps.
     cat > "$OUT/ocserv.conf" <<CONF
@@ -197,6 +211,9 @@ ping-leases = false
 cisco-client-compat = true
 dtls-legacy = false
 CONF
+    if [ "$TRANSPORT" = dtls ]; then
+        printf 'udp-port = 443\ndtls-psk = true\n' >> "$OUT/ocserv.conf"
+    fi
 }
 
 wait_tls() {
@@ -261,7 +278,7 @@ openconnect_run() {
     in_ns "$DEV" ip route del 198.18.2.0/24 via "$GW_ADDR"
     log "$server: openconnect + iperf3"
     echo "$PASSWORD" | E2E_ENV_DIR="$envdir" ip netns exec "$DEV" openconnect --protocol=anyconnect \
-        --user "${USER_NAME}0" --passwd-on-stdin --non-inter --no-dtls --servercert "$PIN" \
+        --user "${USER_NAME}0" --passwd-on-stdin --non-inter "${OC_DTLS[@]}" --servercert "$PIN" \
         --script "$ROOT/tests/scripts/record-env.sh" "https://$GW_ADDR/" >"$OUT/$server-openconnect.log" 2>&1 &
     local oc=$!
     local i
@@ -303,7 +320,7 @@ else
     echo "kernel: $(uname -r)"
     echo "ocserv: $(ocserv --version 2>&1 | head -1)"
     echo "openconnect: $(openconnect --version 2>&1 | head -1)"
-    echo "params: USERS=$USERS REPS=$REPS N_IDLE=$N_IDLE CONC=$CONC N_TPUT=$N_TPUT TPUT_SECS=$TPUT_SECS N_STORM=$N_STORM SCALE=\"$SCALE\" SCALE_MT=\"$SCALE_MT\" IPERF_SECS=$IPERF_SECS"
+    echo "params: USERS=$USERS REPS=$REPS N_IDLE=$N_IDLE CONC=$CONC N_TPUT=$N_TPUT TPUT_SECS=$TPUT_SECS N_STORM=$N_STORM SCALE=\"$SCALE\" SCALE_MT=\"$SCALE_MT\" IPERF_SECS=$IPERF_SECS TRANSPORT=$TRANSPORT"
 } > "$OUT/machine.txt"
 fi
 
@@ -313,7 +330,7 @@ for server in tunneld ocserv; do
         start_server "$server"
         bench "$server" "connect-$rep" connect -n "$N_IDLE" -c "$CONC"
         # Two client processes: one alone saturates its core before either server does.
-        bench "$server" "throughput-$rep" throughput -n "$N_TPUT" -c "$CONC" --processes 2 --duration "$TPUT_SECS" --window 16 --size 1400
+        bench "$server" "throughput-$rep" throughput -n "$N_TPUT" -c "$CONC" --processes 2 --duration "$TPUT_SECS" --window 16 --size 1400 "${BENCH_DTLS[@]}"
         bench "$server" "storm-$rep" storm -n "$N_STORM" -c "$CONC" --mode cookie
         stop_server
     done
