@@ -1,7 +1,8 @@
 //! Client-certificate login (`auth.method = "certificate"`), as Microsoft Tunnel devices log in:
 //! openconnect with a device certificate from the configured CA gets in and its traffic flows;
 //! a certificate from another CA, a revoked one, none at all, and a locked user are refused and
-//! counted; health probes work without a certificate; a CRL rotated by reload revokes at once.
+//! counted; health probes work without a certificate; a CRL rotated by reload revokes at once, and
+//! the operator ends the revoked device's live session with tunnelctl.
 //!
 //! One topology and one gateway for the whole file: each step below is a separate claim, checked
 //! in order.
@@ -188,6 +189,14 @@ fn device_certificates_log_in_and_foreign_revoked_missing_or_locked_ones_are_ref
     ensure!(
         gw.metric("tunneld_auth_successes_total", &[])? == 1.0,
         "exactly one login succeeded"
+    );
+
+    // The operator ends the revoked device's live session as any other.
+    gw.tunnelctl(&["disconnect", "--user", "alice"])?.check()?;
+    let mut client = client;
+    ensure!(
+        client.wait_exit(Duration::from_secs(15))?.is_some(),
+        "alice's openconnect still runs after tunnelctl disconnect"
     );
     Ok(())
 }

@@ -136,6 +136,7 @@ pub fn verifier(auth: &AuthConfig) -> Result<Option<Arc<dyn ClientCertVerifier>>
             reason: e.to_string(),
         })?;
     }
+    let cas = roots.len();
     let roots = Arc::new(roots);
     let mut crls = Vec::new();
     for (i, path) in auth.crl_files.iter().enumerate() {
@@ -152,6 +153,12 @@ pub fn verifier(auth: &AuthConfig) -> Result<Option<Arc<dyn ClientCertVerifier>>
             })?;
         crls.extend(these);
     }
+    tracing::info!(
+        ca_file = %ca_path.display(),
+        cas,
+        crls = crls.len(),
+        "client certificate authorities loaded"
+    );
     let built = WebPkiClientVerifier::builder_with_provider(roots, provider())
         .with_crls(crls)
         .allow_unknown_revocation_status()
