@@ -197,9 +197,10 @@ CONF
 
 write_ocserv_config() {
     # Equivalent to the tunneld config: same address, certificate, users, pool, route, MTU and
-    # timers; TLS only (no udp-port: the harness client has no DTLS, so both carry CSTP over TLS); no
+    # timers; TLS only unless $1 says otherwise (the harness runs compare CSTP over TLS); no
     # per-source connection rate limit or ban score (ocserv's defaults would throttle the harness,
-    # which opens many sessions from few addresses); no session or client caps.
+    # which opens many sessions from few addresses); no session or client caps. $1 = "udp": also
+    # DTLS on UDP 443 (the openconnect DTLS run; tunneld offers DTLS by default).
     cat > "$OUT/ocserv.conf" <<CONF
 auth = "plain[passwd=$OUT/users]"
 listen-host = $GW_ADDR
@@ -243,6 +244,7 @@ CONF
     if [ "$AUTH" = certificate ]; then
         sed -i "s|^auth = .*|auth = \"certificate\"\nca-cert = $OUT/device-ca.pem\ncert-user-oid = 2.5.4.3|" "$OUT/ocserv.conf"
     fi
+    if [ "${1:-}" = udp ]; then echo "udp-port = 443" >> "$OUT/ocserv.conf"; fi
 }
 
 wait_tls() {
@@ -301,16 +303,25 @@ ping_ms() {
 }
 
 openconnect_run() {
-    local server="$1" envdir="$OUT/$1-oc-env"
+    # openconnect_run <server> <tls|dtls>: one real openconnect, ping and iperf3 both ways. "tls"
+    # carries the packets in CSTP over TLS (--no-dtls); "dtls" lets openconnect bring up DTLS, as it
+    # does by default, and the run only counts if it did. Files: <server>[-dtls]-iperf-*.json, ...
+    local server="$1" transport="$2"
+    local tag="$server" dtls_flag="--no-dtls"
+    if [ "$transport" = dtls ]; then tag="$server-dtls"; dtls_flag=""; fi
+    local envdir="$OUT/$tag-oc-env"
     mkdir -p "$envdir"
-    # Baseline: the same path without the tunnel (a plain route through the gateway).
-    in_ns "$DEV" ip route add 198.18.2.0/24 via "$GW_ADDR"
-    ping_ms "$OUT/$server-ping-direct.txt" 300
-    in_ns "$DEV" ip route del 198.18.2.0/24 via "$GW_ADDR"
-    log "$server: openconnect + iperf3"
+    if [ "$transport" = tls ]; then
+        # Baseline: the same path without the tunnel (a plain route through the gateway).
+        in_ns "$DEV" ip route add 198.18.2.0/24 via "$GW_ADDR"
+        ping_ms "$OUT/$server-ping-direct.txt" 300
+        in_ns "$DEV" ip route del 198.18.2.0/24 via "$GW_ADDR"
+    fi
+    log "$server: openconnect ($transport) + iperf3"
+    # shellcheck disable=SC2086 # $dtls_flag is one word or none
     echo "$PASSWORD" | E2E_ENV_DIR="$envdir" ip netns exec "$DEV" openconnect --protocol=anyconnect \
-        --user "${USER_NAME}0" --passwd-on-stdin --non-inter --no-dtls --servercert "$PIN" \
-        --script "$ROOT/tests/scripts/record-env.sh" "https://$GW_ADDR/" >"$OUT/$server-openconnect.log" 2>&1 &
+        --user "${USER_NAME}0" --passwd-on-stdin --non-inter $dtls_flag --servercert "$PIN" \
+        --script "$ROOT/tests/scripts/record-env.sh" "https://$GW_ADDR/" >"$OUT/$tag-openconnect.log" 2>&1 &
     local oc=$!
     local i
     for i in $(seq 1 150); do
@@ -318,17 +329,29 @@ openconnect_run() {
         sleep 0.2
     done
     ls "$envdir"/*-connect.env >/dev/null 2>&1 || { log "$server: openconnect did not connect"; kill "$oc"; return 1; }
+    if [ "$transport" = dtls ]; then
+        for i in $(seq 1 50); do
+            grep -q "Established DTLS connection" "$OUT/$tag-openconnect.log" && break
+            sleep 0.2
+        done
+        if ! grep -q "Established DTLS connection" "$OUT/$tag-openconnect.log"; then
+            log "$server: openconnect did not bring DTLS up; no DTLS numbers"
+            kill -INT "$oc" 2>/dev/null || true
+            wait "$oc" 2>/dev/null || true
+            return 0
+        fi
+    fi
     sleep 0.5
-    ping_ms "$OUT/$server-ping-tunnel.txt" 300
+    ping_ms "$OUT/$tag-ping-tunnel.txt" 300
     IPERF_PIDFILE="$OUT/iperf3.pid"
     in_ns "$CORP" iperf3 -s -D -I "$IPERF_PIDFILE" -B "$CORP_ADDR"
     sleep 0.5
     for dir in up down; do
         local flag=""
         [ "$dir" = down ] && flag="-R"
-        "$BENCH" sample --pid "$SERVER_PID" > "$OUT/$server-iperf-$dir-cpu-before.json"
-        in_ns "$DEV" iperf3 -c "$CORP_ADDR" -t "$IPERF_SECS" -J $flag > "$OUT/$server-iperf-$dir.json"
-        "$BENCH" sample --pid "$SERVER_PID" > "$OUT/$server-iperf-$dir-cpu-after.json"
+        "$BENCH" sample --pid "$SERVER_PID" > "$OUT/$tag-iperf-$dir-cpu-before.json"
+        in_ns "$DEV" iperf3 -c "$CORP_ADDR" -t "$IPERF_SECS" -J $flag > "$OUT/$tag-iperf-$dir.json"
+        "$BENCH" sample --pid "$SERVER_PID" > "$OUT/$tag-iperf-$dir-cpu-after.json"
     done
     kill "$(cat "$IPERF_PIDFILE")" 2>/dev/null || true
     IPERF_PIDFILE=""
@@ -395,8 +418,14 @@ for server in tunneld ocserv; do
         stop_server
     done
     start_server "$server"
-    openconnect_run "$server"
+    openconnect_run "$server" tls
     stop_server
+    # DTLS, openconnect's default data channel: ocserv gets its UDP port for this run only.
+    write_ocserv_config udp
+    start_server "$server"
+    openconnect_run "$server" dtls
+    stop_server
+    write_ocserv_config
 done
 
 for n in $SCALE; do
