@@ -188,6 +188,8 @@ auth_timeout_secs = 30
 [auth]
 users_file = "$OUT/users"
 [metrics]
+[control]
+socket = "$OUT/control.sock"
 CONF
     if [ "$AUTH" = certificate ]; then
         # The users file stays (it only locks users out and gives groups in this mode).
