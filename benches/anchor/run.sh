@@ -25,6 +25,11 @@
 #   TRANSPORT [cstp]  dtls: the harness throughput scenario runs with --dtls against both servers
 #                     (ocserv's UDP port on for the harness runs; tunneld offers DTLS by default);
 #                     cstp: the harness offers no DTLS (CSTP over TLS), as before
+#   AUTH [password]   certificate: log in with per-user client certificates instead (a device CA
+#                     issues bench0.. certificates; tunneld auth.method = "certificate", ocserv
+#                     auth = "certificate" with cert-user-oid = 2.5.4.3), run only the connect
+#                     scenario REPS times per server (results certconnect-*.json), print the
+#                     medians and stop: no scale, perf, micro or docs
 #
 # Everything runs inside network namespaces this script creates (tba<pid>-dev, -gw, -corp) and
 # removes on exit; traffic goes only between them. Needs root, /dev/net/tun, ocserv, openconnect,
@@ -53,6 +58,9 @@ cstp) BENCH_DTLS=(); OCSERV_UDP="" ;;
 dtls) BENCH_DTLS=(--dtls); OCSERV_UDP=udp ;;
 *) echo "anchor: TRANSPORT must be cstp or dtls, not $TRANSPORT" >&2; exit 1 ;;
 esac
+AUTH="${AUTH:-password}"
+case "$AUTH" in password | certificate) ;; *) echo "anchor: AUTH must be password or certificate" >&2; exit 1 ;; esac
+CERT_DIR=""
 
 ID="tba$$"
 DEV="$ID-dev"
@@ -128,6 +136,37 @@ make_credentials() {
     seq 0 $((USERS - 1)) | sed "s|^|$USER_NAME|; s|\$|::$hash|" > "$OUT/users"
 }
 
+make_device_certs() {
+    # A device CA and one client certificate per user (CN = username), as an Intune PKI would
+    # issue them: EC P-256, extendedKeyUsage clientAuth. DIR/<user>.pem and .key for tunnel-bench.
+    CERT_DIR="$OUT/device-certs"
+    mkdir -p "$CERT_DIR"
+    cat > "$OUT/device-ca.cnf" <<CNF
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = unused
+[ca_ext]
+basicConstraints = critical,CA:TRUE
+keyUsage = critical,keyCertSign,cRLSign
+subjectKeyIdentifier = hash
+[client_ext]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+CNF
+    openssl req -x509 -config "$OUT/device-ca.cnf" -extensions ca_ext -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+        -nodes -keyout "$OUT/device-ca.key" -out "$OUT/device-ca.pem" -days 30 -subj "/CN=Anchor Device CA" 2>/dev/null
+    log "issuing $USERS device certificates"
+    seq 0 $((USERS - 1)) | xargs -P "$(nproc)" -I{} openssl req -x509 -config "$OUT/device-ca.cnf" -extensions client_ext \
+        -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$CERT_DIR/$USER_NAME{}.key" \
+        -out "$CERT_DIR/$USER_NAME{}.pem" -days 30 -subj "/CN=$USER_NAME{}" \
+        -CA "$OUT/device-ca.pem" -CAkey "$OUT/device-ca.key" 2>/dev/null
+}
+
 write_tunneld_config() {
     # $1: acceptor threads (0: the default single listener)
     mkdir -p "$OUT/tunneld-state"
@@ -161,6 +200,10 @@ users_file = "$OUT/users"
 [control]
 socket = "$OUT/control.sock"
 CONF
+    if [ "$AUTH" = certificate ]; then
+        # The users file stays (it only locks users out and gives groups in this mode).
+        sed -i "s|^users_file = .*|&\nmethod = \"certificate\"\nca_file = \"$OUT/device-ca.pem\"\ncert_username = \"cn\"|" "$OUT/tunneld.toml"
+    fi
 }
 
 write_ocserv_config() {
@@ -210,6 +253,9 @@ ping-leases = false
 cisco-client-compat = true
 dtls-legacy = false
 CONF
+    if [ "$AUTH" = certificate ]; then
+        sed -i "s|^auth = .*|auth = \"certificate\"\nca-cert = $OUT/device-ca.pem\ncert-user-oid = 2.5.4.3|" "$OUT/ocserv.conf"
+    fi
     if [ "${1:-}" = udp ]; then echo "udp-port = 443" >> "$OUT/ocserv.conf"; fi
 }
 
@@ -255,10 +301,12 @@ bench() {
     local server="$1" tag="$2" scenario="$3"
     shift 3
     log "$server $tag: tunnel-bench $scenario $*"
+    local certs=()
+    [ -n "$CERT_DIR" ] && certs=(--cert-dir "$CERT_DIR")
     TUNNEL_BENCH_PASSWORD="$PASSWORD" in_ns "$DEV" "$BENCH" "$scenario" \
         --server "$GW_ADDR:443" --pin "$PIN" --user "$USER_NAME" --user-count "$USERS" --target "$CORP_ADDR" \
         --source "$SOURCES" --server-pid "$SERVER_PID" --label "$server" --quiet \
-        --json "$OUT/$server-$tag.json" "$@" | tee -a "$LOG"
+        --json "$OUT/$server-$tag.json" "${certs[@]}" "$@" | tee -a "$LOG"
 }
 
 ping_ms() {
@@ -325,8 +373,37 @@ openconnect_run() {
 
 topology
 make_credentials
+[ "$AUTH" = certificate ] && make_device_certs
 write_tunneld_config 0
 write_ocserv_config "$OCSERV_UDP"
+
+if [ "$AUTH" = certificate ]; then
+    echo "params: AUTH=certificate USERS=$USERS REPS=$REPS N_IDLE=$N_IDLE CONC=$CONC" > "$OUT/machine.txt"
+    for server in tunneld ocserv; do
+        for rep in $(seq 1 "$REPS"); do
+            start_server "$server"
+            bench "$server" "certconnect-$rep" connect -n "$N_IDLE" -c "$CONC"
+            stop_server
+        done
+    done
+    python3 - "$OUT" <<'PY' | tee -a "$LOG"
+import glob, json, statistics, sys
+for server in ("tunneld", "ocserv"):
+    runs = [json.load(open(f)) for f in sorted(glob.glob(f"{sys.argv[1]}/{server}-certconnect-*.json"))]
+    def med(*path):
+        vals = []
+        for r in runs:
+            for k in path:
+                r = r.get(k) if isinstance(r, dict) else None
+            if isinstance(r, (int, float)):
+                vals.append(r)
+        return statistics.median(vals) if vals else None
+    print(f"anchor: {server} certificate logins: up {med('connect', 'up')} of {med('connect', 'attempted')}, "
+          f"{med('connect', 'setups_per_s')} setups/s, {med('server', 'setups_per_cpu_s')} setups per server CPU-second (medians of {len(runs)})")
+PY
+    log "results in $OUT"
+    exit 0
+fi
 if [ "$SKIP_COMPARE" = 1 ]; then
     echo "params (added run): SKIP_COMPARE=1 SCALE=\"$SCALE\" SCALE_MT=\"$SCALE_MT\" PERF=$PERF MICRO=$MICRO" >> "$OUT/machine.txt"
 else

@@ -1,4 +1,5 @@
-//! Server certificates made with the `openssl` CLI, the way an operator would make them.
+//! Certificates made with the `openssl` CLI, the way an operator would make them: server
+//! certificates, and a device CA ([`DeviceCa`]) that issues client certificates and CRLs.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -81,4 +82,128 @@ pub fn pfx(dir: &Path, name: &str, files: &CertFiles, password: &str) -> Result<
         &format!("pass:{password}"),
     ])?;
     Ok(out)
+}
+
+/// A device (client-certificate) CA in its own directory, run with `openssl req`/`openssl ca`:
+/// EC P-256, issues certificates with extendedKeyUsage clientAuth, revokes them and writes CRLs.
+#[derive(Debug)]
+pub struct DeviceCa {
+    dir: PathBuf,
+    cnf: PathBuf,
+    /// The CA certificate (PEM): what `auth.ca_file` names.
+    pub cert: PathBuf,
+    key: PathBuf,
+}
+
+impl DeviceCa {
+    /// A new CA whose subject is `CN=<name>`, in `<dir>/<name>/`.
+    pub fn new(dir: &Path, name: &str) -> Result<Self> {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let cnf = dir.join("ca.cnf");
+        let cert = dir.join("ca.crt");
+        let key = dir.join("ca.key");
+        std::fs::write(dir.join("index.txt"), "")?;
+        std::fs::write(dir.join("crlnumber"), "01\n")?;
+        std::fs::write(
+            &cnf,
+            format!(
+                "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = unused\n\
+                 [ca_ext]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n\
+                 subjectKeyIdentifier = hash\n\
+                 [client_ext]\nbasicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature\n\
+                 extendedKeyUsage = clientAuth\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n\
+                 [ca]\ndefault_ca = tca\n[tca]\ndatabase = {d}/index.txt\ncrlnumber = {d}/crlnumber\n\
+                 default_md = sha256\ndefault_crl_days = 30\ncertificate = {d}/ca.crt\nprivate_key = {d}/ca.key\n",
+                d = dir.display()
+            ),
+        )?;
+        let s = |p: &Path| p.display().to_string();
+        openssl(&[
+            "req",
+            "-x509",
+            "-config",
+            &s(&cnf),
+            "-extensions",
+            "ca_ext",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &s(&key),
+            "-out",
+            &s(&cert),
+            "-days",
+            "30",
+            "-subj",
+            &format!("/CN={name}"),
+        ])?;
+        Ok(Self {
+            dir,
+            cnf,
+            cert,
+            key,
+        })
+    }
+
+    /// Issues a client certificate with subject `CN=<cn>` into `out_dir` as `<cn>.pem` and
+    /// `<cn>.key` (PKCS#8), the layout `tunnel-bench --cert-dir` reads.
+    pub fn issue(&self, out_dir: &Path, cn: &str) -> Result<CertFiles> {
+        let cert = out_dir.join(format!("{cn}.pem"));
+        let key = out_dir.join(format!("{cn}.key"));
+        let s = |p: &Path| p.display().to_string();
+        openssl(&[
+            "req",
+            "-x509",
+            "-config",
+            &s(&self.cnf),
+            "-extensions",
+            "client_ext",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &s(&key),
+            "-out",
+            &s(&cert),
+            "-days",
+            "30",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-CA",
+            &s(&self.cert),
+            "-CAkey",
+            &s(&self.key),
+        ])?;
+        Ok(CertFiles { cert, key })
+    }
+
+    /// Marks `cert` revoked in the CA's database (the next [`Self::crl`] lists it).
+    pub fn revoke(&self, cert: &CertFiles) -> Result<()> {
+        openssl(&[
+            "ca",
+            "-config",
+            &self.cnf.display().to_string(),
+            "-revoke",
+            &cert.cert.display().to_string(),
+        ])
+    }
+
+    /// Writes the CA's current CRL (PEM) to `<ca dir>/crl.pem` and returns its path.
+    pub fn crl(&self) -> Result<PathBuf> {
+        let out = self.dir.join("crl.pem");
+        openssl(&[
+            "ca",
+            "-config",
+            &self.cnf.display().to_string(),
+            "-gencrl",
+            "-out",
+            &out.display().to_string(),
+        ])?;
+        Ok(out)
+    }
 }

@@ -41,6 +41,13 @@ pub enum Credentials {
     },
     /// `--cookie-on-stdin` with a cookie from `openconnect --authenticate`.
     Cookie(String),
+    /// `--certificate` and `--sslkey`: a client certificate and its key (PEM), no password.
+    Certificate {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
 }
 
 /// Options for one openconnect run.
@@ -74,6 +81,14 @@ impl ClientOpts {
     /// Cookie login (`--cookie-on-stdin`).
     pub fn cookie(cookie: &str) -> Self {
         Self::with(Credentials::Cookie(cookie.to_string()))
+    }
+
+    /// Client-certificate login (`--certificate`, `--sslkey`).
+    pub fn certificate(cert: &Path, key: &Path) -> Self {
+        Self::with(Credentials::Certificate {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        })
     }
 
     fn with(credentials: Credentials) -> Self {
@@ -289,6 +304,10 @@ impl Client {
             Credentials::Cookie(cookie) => {
                 cmd.arg("--cookie-on-stdin");
                 format!("{cookie}\n")
+            }
+            Credentials::Certificate { cert, key } => {
+                cmd.arg("--certificate").arg(cert).arg("--sslkey").arg(key);
+                String::new()
             }
         };
         let script = format!("/bin/sh '{}'", record_env_script().display());

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use e2e::bench::{add_source_addresses, run_bench, BenchRun, Login};
+use e2e::certs::DeviceCa;
 use e2e::{Gateway, GatewayConfig, Topology, CORP_ADDR};
 
 const USER: &str = "bench";
@@ -108,6 +109,62 @@ fn rust_client_sessions_come_up_and_each_one_round_trips_a_ping() -> Result<()> 
         run.num("/logout_failed") == 0.0,
         "logouts failed: {}",
         run.output
+    );
+    Ok(())
+}
+
+#[test]
+fn rust_client_sessions_log_in_with_client_certificates() -> Result<()> {
+    const CERT_USERS: u32 = 20;
+    let topo = Topology::standard()?;
+    let ca = DeviceCa::new(topo.dir(), "device-ca")?;
+    let certs = topo.subdir("bench-certs")?;
+    for i in 0..CERT_USERS {
+        ca.issue(&certs, &format!("{USER}{i}"))?;
+    }
+    let gw = Gateway::start(
+        &topo,
+        GatewayConfig::new()
+            .set("auth.method", "certificate")
+            .set("auth.ca_file", ca.cert.display().to_string()),
+    )?;
+    let sources = add_source_addresses(&topo, "dev", 100, 4)?;
+    let cert_dir = certs.display().to_string();
+    let user_count = CERT_USERS.to_string();
+    let mut all: Vec<&str> = vec![
+        "--target",
+        CORP_ADDR,
+        "--sessions",
+        SMOKE_SESSIONS,
+        "--concurrency",
+        "32",
+        "--per-process",
+        "80",
+        "--cert-dir",
+        &cert_dir,
+        "--user-count",
+        &user_count,
+    ];
+    for s in &sources {
+        all.extend(["--source", s.as_str()]);
+    }
+    // No password at all: the certificate is the login.
+    let login = Login {
+        user: USER,
+        password: "",
+    };
+    let run = run_bench(&topo, &gw, "dev", login, "connect", &all, TIMEOUT)?;
+    ensure_all_up(&run)?;
+    ensure!(
+        gw.metric("tunneld_auth_successes_total", &[])? == 200.0
+            && gw.metric_or_zero("tunneld_auth_failures_total", &[])? == 0.0,
+        "200 certificate logins and no failure: {}",
+        gw.metrics()?
+    );
+    let log = gw.log();
+    ensure!(
+        log.contains("user=bench0 ") && log.contains(&format!("user=bench{}", CERT_USERS - 1)),
+        "sessions were not logged in as their certificates' users"
     );
     Ok(())
 }

@@ -123,9 +123,20 @@ struct Common {
     /// the same password). 0: every session logs in as --user.
     #[arg(long, default_value_t = 0)]
     user_count: u32,
-    /// Password.
-    #[arg(long, env = "TUNNEL_BENCH_PASSWORD", hide_env_values = true)]
+    /// Password (not needed with --cert-dir).
+    #[arg(
+        long,
+        env = "TUNNEL_BENCH_PASSWORD",
+        hide_env_values = true,
+        required_unless_present = "cert_dir",
+        default_value = ""
+    )]
     password: String,
+    /// Log in with client certificates instead of passwords (a gateway in certificate mode):
+    /// each session presents DIR/<username>.pem and DIR/<username>.key (PEM), its username being
+    /// --user or, with --user-count, <user><i % count>.
+    #[arg(long, value_name = "DIR")]
+    cert_dir: Option<PathBuf>,
     /// Group to pick when the server offers a list.
     #[arg(long)]
     group: Option<String>,

@@ -133,6 +133,7 @@ pub(crate) fn run(
             user: c.user.clone(),
             user_count: c.user_count,
             password: c.password.clone(),
+            cert_dir: c.cert_dir.clone(),
             group: c.group.clone(),
             first_session: *first,
             sessions: *count,

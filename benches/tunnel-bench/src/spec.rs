@@ -26,6 +26,9 @@ pub(crate) struct WorkerSpec {
     pub(crate) user_count: u32,
     /// Password.
     pub(crate) password: String,
+    /// Client certificates `<dir>/<username>.pem` + `.key`, when logging in with certificates.
+    #[serde(default)]
+    pub(crate) cert_dir: Option<std::path::PathBuf>,
     /// Group to pick, if offered.
     pub(crate) group: Option<String>,
     /// Global number of this worker's first session.

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant as TInstant;
 use tunnel_client::packet::{parse_reply, Probe, ProbeBuilder, ProbeKind};
-use tunnel_client::tls::Verify;
+use tunnel_client::tls::{ClientCert, Verify};
 use tunnel_client::{
     ClientError, Credentials, DtlsStats, DtlsStatus, Endpoint, Established, SetupTimings, Tunnel,
 };
@@ -75,6 +75,8 @@ pub(crate) fn run(spec: WorkerSpec) -> Result<()> {
 struct Ctx {
     spec: WorkerSpec,
     ep: Endpoint,
+    /// With `--cert-dir`: one endpoint per user (its client certificate), by user number.
+    cert_eps: Vec<Endpoint>,
     creds: Credentials,
     base: Instant,
 }
@@ -95,9 +97,15 @@ impl Ctx {
     fn creds(&self, idx: u32) -> Credentials {
         let mut c = self.creds.clone();
         if self.spec.user_count > 0 {
-            c.username = format!("{}{}", self.spec.user, idx % self.spec.user_count);
+            c.username = user_name(&self.spec, idx % self.spec.user_count);
         }
         c
+    }
+
+    /// The endpoint of session `idx`: its user's client certificate with `--cert-dir`.
+    fn ep(&self, idx: u32) -> &Endpoint {
+        let user = idx.checked_rem(self.spec.user_count).unwrap_or(0);
+        self.cert_eps.get(user as usize).unwrap_or(&self.ep)
     }
 
     fn probe_kind(&self, idx: u32) -> ProbeKind {
@@ -145,16 +153,54 @@ struct SessionReport {
     dtls_state: Option<&'static str>,
 }
 
+/// The username of user number `n`: `<user><n>` with `--user-count`, else `--user`.
+fn user_name(spec: &WorkerSpec, n: u32) -> String {
+    if spec.user_count > 0 {
+        format!("{}{n}", spec.user)
+    } else {
+        spec.user.clone()
+    }
+}
+
+/// One endpoint per user, each presenting `<dir>/<username>.pem` and `.key`.
+fn cert_endpoints(
+    spec: &WorkerSpec,
+    dir: &std::path::Path,
+    base: &Endpoint,
+    verify: &Verify,
+) -> Result<Vec<Endpoint>> {
+    (0..spec.user_count.max(1))
+        .map(|n| {
+            let name = user_name(spec, n);
+            let (cert, key) = (
+                dir.join(format!("{name}.pem")),
+                dir.join(format!("{name}.key")),
+            );
+            let c = ClientCert::load_pem(&cert, &key)
+                .with_context(|| format!("client certificate of {name}"))?;
+            base.clone()
+                .with_client_cert(verify.clone(), &c)
+                .with_context(|| format!("TLS client configuration with the certificate of {name}"))
+        })
+        .collect()
+}
+
 async fn main(spec: WorkerSpec) -> Result<()> {
     let verify = match &spec.pin {
         Some(p) => Verify::Pin(p.clone()),
         None => Verify::Insecure,
     };
-    let mut ep = Endpoint::new(spec.server, verify).context("TLS client configuration")?;
+    let mut ep = Endpoint::new(spec.server, verify.clone()).context("TLS client configuration")?;
     ep.setup_timeout = Duration::from_secs(spec.setup_timeout_s.max(1));
     ep.dtls = spec.dtls;
     ep.dtls_handshake_timeout = Duration::from_secs(spec.dtls_timeout_s.max(1));
+    // Certificate endpoints are copies of `ep`: they carry its DTLS settings.
+    let cert_eps = match &spec.cert_dir {
+        Some(dir) => cert_endpoints(&spec, dir, &ep, &verify)?,
+        None => Vec::new(),
+    };
     let ctx = Arc::new(Ctx {
+        cert_eps,
         creds: Credentials {
             username: spec.user.clone(),
             password: spec.password.clone(),
@@ -366,7 +412,7 @@ async fn session(
         let Ok(_permit) = sem.acquire().await else {
             return;
         };
-        match tunnel_client::connect(&ctx.ep, &ctx.creds(idx), source).await {
+        match tunnel_client::connect(ctx.ep(idx), &ctx.creds(idx), source).await {
             Ok(mut est) => settle_dtls(&ctx, &mut est).await.map(|()| est),
             Err(e) => Err(e),
         }
@@ -776,7 +822,13 @@ impl Live {
                     Some(s) => s.acquire().await.ok(),
                     None => None,
                 };
-                tunnel_client::reconnect(&self.ctx.ep, &self.cookie, Some(prev), self.source).await
+                tunnel_client::reconnect(
+                    self.ctx.ep(self.idx),
+                    &self.cookie,
+                    Some(prev),
+                    self.source,
+                )
+                .await
             }
             StormMode::Reauth => {
                 if let Err(e) = tunnel.logout(LOGOUT_WAIT).await {
@@ -788,7 +840,12 @@ impl Live {
                     Some(s) => s.acquire().await.ok(),
                     None => None,
                 };
-                tunnel_client::connect(&self.ctx.ep, &self.ctx.creds(self.idx), self.source).await
+                tunnel_client::connect(
+                    self.ctx.ep(self.idx),
+                    &self.ctx.creds(self.idx),
+                    self.source,
+                )
+                .await
             }
         };
         let up = match up {

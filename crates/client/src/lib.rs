@@ -12,7 +12,8 @@
 //! go over it once it is up and over CSTP before, and after a failure.
 //!
 //! The server's certificate is accepted by its `pin-sha256:` value or, in a lab, without any check
-//! ([`tls::Verify`]).
+//! ([`tls::Verify`]). A client certificate ([`tls::ClientCert`], [`Endpoint::with_client_cert`])
+//! logs in to a gateway in certificate-authentication mode.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::indexing_slicing))]
 
 mod channel_timers;

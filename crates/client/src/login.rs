@@ -1,7 +1,8 @@
 //! Setting up a session: TCP, TLS, the login exchange, and the CONNECT (protocol doc §3-§4).
 //!
 //! The exchange is openconnect's: `POST /` with the XML `init`, then each form the server sends is
-//! filled and POSTed to its action with every cookie set so far, until `<auth id="success">`; the
+//! filled and POSTed to its action with every cookie set so far, until `<auth id="success">` (at
+//! once, for a gateway that authenticates the TLS client certificate); the
 //! `webvpn` cookie (from `Set-Cookie` or `<session-token>`) then goes into a `CONNECT` on the same
 //! connection. A reconnect skips the login and sends the CONNECT with the cookie it already has.
 
@@ -70,6 +71,18 @@ impl Endpoint {
             dtls: false,
             dtls_handshake_timeout: Duration::from_secs(10),
         })
+    }
+
+    /// The same endpoint presenting `cert` when the server asks for a client certificate (a
+    /// gateway in certificate-authentication mode then logs the session in as the certificate's
+    /// user, without a form; [`Credentials`] are not used).
+    pub fn with_client_cert(
+        mut self,
+        verify: Verify,
+        cert: &crate::tls::ClientCert,
+    ) -> Result<Self, rustls::Error> {
+        self.tls = crate::tls::client_config_with_cert(verify, Some(cert))?;
+        Ok(self)
     }
 }
 

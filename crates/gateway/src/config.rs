@@ -250,20 +250,61 @@ impl Default for TimerConfig {
     }
 }
 
-/// `[auth]`: the user database.
+/// `[auth]`: how clients prove who they are, and the user database.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
+    /// `"password"` (default: username and password checked against `users_file`) or
+    /// `"certificate"` (a client certificate issued by `ca_file`; see [`crate::client_cert`]).
+    pub method: AuthMethod,
     /// The users file (`ocpasswd` format, see [`crate::users`]). Default `/etc/tunneld/users`.
+    /// With `method = "certificate"` it is optional: it locks users out and gives their group.
     pub users_file: PathBuf,
+    /// PEM bundle of the CA certificates that issue client (device) certificates. Required with
+    /// `method = "certificate"`, refused otherwise.
+    pub ca_file: Option<PathBuf>,
+    /// Certificate revocation lists (PEM or DER) of those CAs; a certificate listed in one is
+    /// refused. Only with `method = "certificate"`.
+    pub crl_files: Vec<PathBuf>,
+    /// Which field of the client certificate is the username: `"cn"` (default), `"uid"` or
+    /// `"email"`.
+    pub cert_username: CertUsername,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
         Self {
+            method: AuthMethod::default(),
             users_file: PathBuf::from("/etc/tunneld/users"),
+            ca_file: None,
+            crl_files: Vec::new(),
+            cert_username: CertUsername::default(),
         }
     }
+}
+
+/// How clients authenticate, as written in `auth.method`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMethod {
+    /// Username and password from the login form, checked against the users file.
+    #[default]
+    Password,
+    /// A client certificate that chains to `auth.ca_file`; no password is asked.
+    Certificate,
+}
+
+/// The client-certificate field that names the user, as written in `auth.cert_username`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertUsername {
+    /// The subject's commonName (OID 2.5.4.3), as ocserv's `cert-user-oid = 2.5.4.3`.
+    #[default]
+    Cn,
+    /// The subject's userId (OID 0.9.2342.19200300.100.1.1), as ocserv's default `cert-user-oid`.
+    Uid,
+    /// The first rfc822Name of the subjectAltName, else the subject's emailAddress.
+    Email,
 }
 
 /// `[dtls]`: the DTLS 1.2 (PSK-NEGOTIATE) data channel on UDP, on the address and port of
@@ -807,9 +848,7 @@ impl Config {
     }
 
     fn validate_other(&self, v: &mut Validator) {
-        if self.auth.users_file.as_os_str().is_empty() {
-            v.err("auth.users_file", "must not be empty");
-        }
+        self.validate_auth(v);
         if let Some(m) = self.metrics.listen {
             let s = self.server.listen;
             let same_ip = m.ip() == s.ip() || m.ip().is_unspecified() || s.ip().is_unspecified();
@@ -824,6 +863,39 @@ impl Config {
 }
 
 impl Config {
+    fn validate_auth(&self, v: &mut Validator) {
+        let a = &self.auth;
+        if a.users_file.as_os_str().is_empty() {
+            v.err("auth.users_file", "must not be empty");
+        }
+        match a.method {
+            AuthMethod::Certificate => match &a.ca_file {
+                None => v.err(
+                    "auth.ca_file",
+                    "required with auth.method = \"certificate\": the PEM file of the CAs that issue client certificates",
+                ),
+                Some(p) if p.as_os_str().is_empty() => v.err(
+                    "auth.ca_file",
+                    "must not be empty",
+                ),
+                Some(_) => {}
+            },
+            AuthMethod::Password => {
+                if a.ca_file.is_some() {
+                    v.err("auth.ca_file", "set but auth.method is not \"certificate\"");
+                }
+                if !a.crl_files.is_empty() {
+                    v.err("auth.crl_files", "set but auth.method is not \"certificate\"");
+                }
+            }
+        }
+        for (i, p) in a.crl_files.iter().enumerate() {
+            if p.as_os_str().is_empty() {
+                v.err(&format!("auth.crl_files[{i}]"), "must not be empty");
+            }
+        }
+    }
+
     fn validate_ops(&self, v: &mut Validator) {
         if let Some(p) = &self.control.socket {
             const FIELD: &str = "control.socket";
@@ -1042,6 +1114,7 @@ mod tests {
         c.network.ipv6_pool = Some("fd00::/64".parse().unwrap());
         c.network.default_domain = Some("example.com".into());
         c.network.nat_interface = Some("eth0".into());
+        c.auth.ca_file = Some("/ca".into());
         c
     }
 
@@ -1081,6 +1154,26 @@ mod tests {
             missing.is_empty(),
             "not in config/tunneld.toml: {missing:?}"
         );
+    }
+
+    #[test]
+    fn certificate_auth_needs_ca_file_and_password_auth_refuses_it() {
+        assert_eq!(
+            invalid_fields("[auth]\nmethod = \"certificate\"\ncrl_files = [\"\"]\n"),
+            ["auth.ca_file", "auth.crl_files[0]"]
+        );
+        let c = Config::from_toml_str(
+            "[auth]\nmethod = \"certificate\"\nca_file = \"/ca.pem\"\ncrl_files = [\"/a.crl\"]\ncert_username = \"uid\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.auth.method, AuthMethod::Certificate);
+        assert_eq!(c.auth.cert_username, CertUsername::Uid);
+        assert_eq!(
+            invalid_fields("[auth]\nca_file = \"/ca.pem\"\ncrl_files = [\"/a.crl\"]\n"),
+            ["auth.ca_file", "auth.crl_files"]
+        );
+        assert!(Config::from_toml_str("[auth]\nmethod = \"kerberos\"\n").is_err());
+        assert!(Config::from_toml_str("[auth]\ncert_username = \"sn\"\n").is_err());
     }
 
     #[test]

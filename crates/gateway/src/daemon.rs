@@ -112,8 +112,12 @@ impl Gateway {
     ) -> Result<Self, StartError> {
         let cert = tls::load_certificate(&config)?;
         tracing::info!(subject = %cert.subject, not_after = %cert.not_after, pin = %cert.pin_sha256, "certificate loaded");
-        let acceptor = TlsAcceptor::from(tls::server_config(&cert, config.tls.min_version)?);
-        let users = UserDb::load(&config.auth.users_file)?;
+        let acceptor = TlsAcceptor::from(tls::server_config(
+            &cert,
+            config.tls.min_version,
+            &config.auth,
+        )?);
+        let users = UserDb::load_for(&config.auth)?;
         tracing::info!(users = users.len(), file = %config.auth.users_file.display(), "users loaded");
 
         let net = &config.network;

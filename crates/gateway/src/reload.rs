@@ -1,5 +1,5 @@
-//! Live reload (SIGHUP or `tunnelctl reload`): re-reads the configuration file, the certificate and
-//! the users file, and swaps them in for new connections without touching live sessions.
+//! Live reload (SIGHUP or `tunnelctl reload`): re-reads the configuration file, the certificate,
+//! the users file and the client CA and CRLs (certificate mode), and swaps them in for new connections without touching live sessions.
 //!
 //! Everything is loaded and checked before anything is swapped, so a reload either applies as a
 //! whole or not at all: an invalid file, an unreadable certificate or users file, or a change that
@@ -125,8 +125,8 @@ fn prepare(path: Option<&Path>, current: &Config) -> Result<Prepared, ReloadErro
         None => current.clone(),
     };
     let cert = tls::load_certificate(&config)?;
-    let tls = tls::server_config(&cert, config.tls.min_version)?;
-    let users = UserDb::load(&config.auth.users_file)?;
+    let tls = tls::server_config(&cert, config.tls.min_version, &config.auth)?;
+    let users = UserDb::load_for(&config.auth)?;
     Ok(Prepared {
         config,
         cert,

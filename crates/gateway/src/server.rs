@@ -23,7 +23,8 @@ use tunnel_proto::connect::{self, ConnectError, ConnectRequest};
 use tunnel_proto::http::{self, Limits, Method, Request};
 
 use crate::ban::{Bans, UnauthGuard};
-use crate::config::Config;
+use crate::client_cert;
+use crate::config::{AuthMethod, Config};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
@@ -149,6 +150,16 @@ async fn handle_connection(
         }
         Ok(Err(e)) => {
             sh.metrics.tls_handshake_failures.inc();
+            if is_refused_client_certificate(&e) {
+                // A device certificate that does not verify is a failed login (certificate mode).
+                sh.metrics
+                    .auth_failures
+                    .with_label_values(&["bad_certificate"])
+                    .inc();
+                tracing::warn!(%peer, error = %e, "client certificate refused at the TLS handshake");
+                sh.bans.record_failure(peer.ip(), &cfg.ban, Instant::now());
+                return;
+            }
             tracing::info!(%peer, error = %e, "TLS handshake failed");
             return;
         }
@@ -224,6 +235,14 @@ async fn handle_connection(
         }
     }
     let _ = tls.shutdown().await;
+}
+
+/// Whether a handshake failed because the client's certificate did not verify (unknown CA,
+/// expired, revoked, wrong key usage...).
+fn is_refused_client_certificate(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)))
 }
 
 async fn write_response(tls: &mut TlsStream<TcpStream>, bytes: &[u8]) -> std::io::Result<()> {
@@ -360,6 +379,28 @@ async fn handle_auth(
             return Ok(Next::Close);
         }
     };
+    if cfg.auth.method == AuthMethod::Certificate {
+        // Whatever the client posted (normally the init request), the certificate decides.
+        let users = sh.users.load();
+        let identity = client_cert::login_identity(
+            tls.get_ref().1.peer_certificates(),
+            cfg.auth.cert_username,
+            &users,
+        );
+        return match identity {
+            Ok((username, group)) => finish_login(sh, cfg, tls, peer, &username, group).await,
+            Err(refusal) => {
+                sh.metrics
+                    .auth_failures
+                    .with_label_values(&[refusal.label()])
+                    .inc();
+                tracing::warn!(%peer, reason = %refusal, "certificate authentication failed");
+                sh.bans.record_failure(peer.ip(), &cfg.ban, Instant::now());
+                write_response(tls, &auth_failed_response()).await?;
+                Ok(Next::Close)
+            }
+        };
+    }
     let (username, password) = match msg {
         ClientMessage::Init { .. } => {
             write_response(tls, &xml_response(&login_form(None), &[])).await?;
@@ -402,24 +443,37 @@ async fn handle_auth(
             tracing::warn!(user = %username, %peer, reason, attempt = *failures, "authentication failed");
             let banned = sh.bans.record_failure(peer.ip(), &cfg.ban, Instant::now());
             if banned || *failures >= MAX_TRIES_PER_CONNECTION {
-                write_response(
-                    tls,
-                    &http::response(
-                        401,
-                        "Authentication failed",
-                        &[("Connection", "close")],
-                        b"",
-                    ),
-                )
-                .await?;
+                write_response(tls, &auth_failed_response()).await?;
                 return Ok(Next::Close);
             }
             write_response(tls, &xml_response(&login_form(Some("Login failed.")), &[])).await?;
             return Ok(Next::Continue);
         }
     };
+    finish_login(sh, cfg, tls, peer, &username, group).await
+}
+
+/// The 401 that ends a connection whose login failed.
+fn auth_failed_response() -> Vec<u8> {
+    http::response(
+        401,
+        "Authentication failed",
+        &[("Connection", "close")],
+        b"",
+    )
+}
+
+/// An authenticated user: creates the session and answers with its cookie.
+async fn finish_login(
+    sh: &Arc<Shared>,
+    cfg: &Config,
+    tls: &mut TlsStream<TcpStream>,
+    peer: SocketAddr,
+    username: &str,
+    group: Option<String>,
+) -> std::io::Result<Next> {
     let created = sh.sessions.create(
-        &username,
+        username,
         group,
         peer,
         cfg.server.max_sessions,

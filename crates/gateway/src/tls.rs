@@ -8,7 +8,7 @@
 //! key. Each error names the configuration field and the file, so the operator knows what to fix.
 //!
 //! [`server_config`] builds the rustls [`ServerConfig`](rustls::ServerConfig) (ring provider,
-//! TLS 1.3 and 1.2 only, no client certificates).
+//! TLS 1.3 and 1.2 only; client certificates only in `auth.method = "certificate"`).
 //!
 //! OpenSSL (the `openssl` crate) is used to read PKCS#12, to compare keys, to read validity dates
 //! and to generate the self-signed certificate; rustls does the TLS.
@@ -193,6 +193,9 @@ pub enum TlsError {
         /// What failed.
         reason: String,
     },
+    /// The client CA or a CRL (`[auth]`, certificate mode) cannot be used.
+    #[error(transparent)]
+    ClientCa(#[from] crate::client_cert::ClientCaError),
     /// rustls refused the configuration (should not happen after the checks above).
     #[error("TLS configuration rejected by rustls: {0}")]
     Rustls(#[from] rustls::Error),
@@ -222,21 +225,27 @@ pub fn load_certificate(cfg: &Config) -> Result<LoadedCert, TlsError> {
 }
 
 /// Builds the rustls server configuration: ring provider; TLS 1.3 and 1.2 (1.3 preferred), or
-/// 1.3 only when `min` is [`TlsVersion::V1_3`]; no client authentication; no ALPN; no 0-RTT
-/// early data; session resumption with rustls' defaults.
+/// 1.3 only when `min` is [`TlsVersion::V1_3`]; no ALPN; no 0-RTT early data; session resumption
+/// with rustls' defaults. Client certificates are asked for (and verified, but not required) only
+/// when `auth.method = "certificate"` (see [`crate::client_cert::verifier`], which reads
+/// `auth.ca_file` and `auth.crl_files` here).
 pub fn server_config(
     cert: &LoadedCert,
     min: TlsVersion,
+    auth: &crate::config::AuthConfig,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let versions: &[&'static rustls::SupportedProtocolVersion] = match min {
         TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::V1_3 => &[&rustls::version::TLS13],
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)?
-        .with_no_client_auth()
-        .with_single_cert(cert.chain.clone(), cert.key.clone_key())?;
+    let builder =
+        rustls::ServerConfig::builder_with_provider(provider).with_protocol_versions(versions)?;
+    let builder = match crate::client_cert::verifier(auth)? {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(cert.chain.clone(), cert.key.clone_key())?;
     config.max_early_data_size = 0;
     config.alpn_protocols = Vec::new();
     Ok(Arc::new(config))
@@ -892,7 +901,7 @@ mod tests {
             let loaded = load_certificate(&config_pem(&files)).unwrap();
             assert_eq!(loaded.subject, "CN=vpn.test", "{label}");
             assert_eq!(loaded.chain.len(), 1);
-            let server = server_config(&loaded, TlsVersion::V1_2).unwrap();
+            let server = server_config(&loaded, TlsVersion::V1_2, &Default::default()).unwrap();
             assert_eq!(
                 handshake(server.clone(), &loaded.pin_sha256, &[&TLS13, &TLS12]).unwrap(),
                 rustls::ProtocolVersion::TLSv1_3,
@@ -914,7 +923,7 @@ mod tests {
             &key.private_key_to_pem_pkcs8().unwrap(),
         );
         let loaded = load_certificate(&config_pem(&files)).unwrap();
-        let server = server_config(&loaded, TlsVersion::V1_3).unwrap();
+        let server = server_config(&loaded, TlsVersion::V1_3, &Default::default()).unwrap();
         assert!(handshake(server.clone(), &loaded.pin_sha256, &[&TLS12]).is_err());
         assert_eq!(
             handshake(server.clone(), &loaded.pin_sha256, &[&TLS13, &TLS12]).unwrap(),
@@ -1175,7 +1184,7 @@ mod tests {
             .map(|d| name_to_string(X509::from_der(d.as_ref()).unwrap().subject_name()))
             .collect();
         assert_eq!(subjects, ["CN=vpn.test", "CN=Intermediate", "CN=Root"]);
-        let server = server_config(&loaded, TlsVersion::V1_2).unwrap();
+        let server = server_config(&loaded, TlsVersion::V1_2, &Default::default()).unwrap();
         handshake(server, &loaded.pin_sha256, &[&TLS13, &TLS12]).unwrap();
 
         // Inline password works too.
@@ -1241,7 +1250,7 @@ mod tests {
         let second = load_certificate(&c).unwrap();
         assert_eq!(first.pin_sha256, second.pin_sha256);
         handshake(
-            server_config(&second, TlsVersion::V1_2).unwrap(),
+            server_config(&second, TlsVersion::V1_2, &Default::default()).unwrap(),
             &second.pin_sha256,
             &[&TLS13, &TLS12],
         )

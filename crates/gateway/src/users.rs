@@ -207,6 +207,21 @@ impl UserDb {
         })
     }
 
+    /// Loads the users file as `auth` needs it: with `method = "password"` it must exist; with
+    /// `method = "certificate"` a missing file is an empty database (the file only locks users
+    /// out and gives groups there).
+    pub fn load_for(auth: &crate::config::AuthConfig) -> Result<Self, UsersError> {
+        match Self::load(&auth.users_file) {
+            Err(UsersError::Read { source, .. })
+                if auth.method == crate::config::AuthMethod::Certificate
+                    && source.kind() == io::ErrorKind::NotFound =>
+            {
+                Ok(Self::empty())
+            }
+            other => other,
+        }
+    }
+
     /// Parses the text of a users file, reporting every bad line at once.
     pub fn parse(text: &str) -> Result<Self, UsersError> {
         let mut users = HashMap::new();
@@ -276,6 +291,14 @@ impl UserDb {
         } else {
             VerifyOutcome::BadPassword
         }
+    }
+
+    /// Whether `username` has an entry whose hash is locked (`!...`). Used in certificate mode,
+    /// where no password is checked.
+    pub fn is_locked(&self, username: &str) -> bool {
+        self.users
+            .get(username)
+            .is_some_and(|u| u.hash == StoredHash::Locked)
     }
 
     /// Whether `username` has an entry (locked or not).
@@ -433,7 +456,7 @@ pub fn hash_password(password: &str) -> Result<String, UsersError> {
 
 /// Checks a username for storage: not empty, at most 256 bytes, no `:`, no control characters,
 /// no leading or trailing whitespace, not starting with `#` (which would make a comment).
-fn check_username(name: &str) -> Result<(), &'static str> {
+pub(crate) fn check_username(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
         return Err("must not be empty");
     }
@@ -677,6 +700,35 @@ mod tests {
         assert!(db.contains("dave"));
         assert_eq!(UserDb::empty().verify("x", "y"), VerifyOutcome::UnknownUser);
         assert!(UserDb::empty().is_empty());
+    }
+
+    #[test]
+    fn is_locked_only_for_listed_locked_users() {
+        let h = hash_password("pw").unwrap();
+        let db = UserDb::parse(&format!("bob:*:{h}\ndave:*:!{h}\n")).unwrap();
+        assert!(db.is_locked("dave"));
+        assert!(!db.is_locked("bob"));
+        assert!(!db.is_locked("nobody"));
+    }
+
+    #[test]
+    fn missing_users_file_is_empty_in_certificate_mode_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut auth = crate::config::AuthConfig {
+            users_file: dir.path().join("absent"),
+            ..Default::default()
+        };
+        assert!(matches!(
+            UserDb::load_for(&auth),
+            Err(UsersError::Read { .. })
+        ));
+        auth.method = crate::config::AuthMethod::Certificate;
+        assert!(UserDb::load_for(&auth).unwrap().is_empty());
+        std::fs::write(&auth.users_file, "bad line without hash\n").unwrap();
+        assert!(matches!(
+            UserDb::load_for(&auth),
+            Err(UsersError::Invalid { .. })
+        ));
     }
 
     #[test]

@@ -106,8 +106,12 @@ fn main() -> anyhow::Result<()> {
         config.validate()?;
     }
     if args.check {
-        tunnel_gateway::tls::load_certificate(&config)?;
-        tunnel_gateway::users::UserDb::load(&config.auth.users_file)?;
+        tunnel_gateway::tls::server_config(
+            &tunnel_gateway::tls::load_certificate(&config)?,
+            config.tls.min_version,
+            &config.auth,
+        )?;
+        tunnel_gateway::users::UserDb::load_for(&config.auth)?;
         if let Some(user) = &config.server.user {
             tunnel_gateway::privdrop::lookup(user)?;
         }
