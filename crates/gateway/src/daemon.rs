@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
 use crate::acceptors::{self, AcceptorError, Acceptors};
@@ -183,7 +182,6 @@ impl Gateway {
             None
         };
 
-        let (tun_tx, tun_rx) = mpsc::channel(4096);
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(config.clone()),
             users: ArcSwap::from_pointee(users),
@@ -193,7 +191,7 @@ impl Gateway {
             sessions,
             metrics: metrics.clone(),
             draining: false.into(),
-            tun_tx,
+            up: dataplane::Upstream::new(tun.clone(), metrics.clone()),
             started: Instant::now(),
             pin: cert.pin_sha256.clone(),
             dtls: dtls.as_ref().map(|(server, _)| Arc::clone(server)),
@@ -216,16 +214,6 @@ impl Gateway {
             }
         });
         tasks.push(down);
-        tasks.push(tokio::spawn({
-            let metrics = metrics.clone();
-            let sh = Arc::clone(&shared);
-            async move {
-                if let Err(e) = dataplane::run_upstream(tun, tun_rx, metrics).await {
-                    tracing::error!(error = %e, "TUN writer stopped");
-                }
-                sh.health.set_dataplane(Direction::Up, false);
-            }
-        }));
         let acceptors = match listener {
             Some(listener) => {
                 tasks.push(tokio::spawn(server::serve(listener, Arc::clone(&shared))));

@@ -6,9 +6,9 @@
 //! queue. The frame is built once, header included, in a shared arena chunk, so the session's writer
 //! hands it to TLS as is. A full queue drops that client's packet and nobody else's.
 //!
-//! Upstream (client to network): sessions hand checked IP packets to one bounded channel; one task
-//! drains it in batches and writes them with `send_multiple`, which coalesces TCP/UDP flows (GRO)
-//! into few TUN writes when offload is on.
+//! Upstream (client to network): each session writes the checked IP packets of one read of its
+//! connection straight to the TUN with `send_multiple` ([`Upstream`]), which coalesces TCP/UDP
+//! flows (GRO) into few TUN writes when offload is on.
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -214,49 +214,87 @@ fn dispatch(
     }
 }
 
-/// Writes upstream packets to the TUN in batches until every sender is gone.
-pub async fn run_upstream(
+/// Most packets handed to one `send_multiple` call.
+const WRITE_MAX: usize = IDEAL_BATCH_SIZE;
+/// Room before each packet for the virtio header that `send_multiple` writes.
+const OFFSET: usize = VIRTIO_NET_HDR_LEN;
+/// A write buffer's usual capacity: a whole 64 KiB super-packet plus two headers, so GRO can merge
+/// segments into it without growing it.
+const WRITE_BUF: usize = 2 * OFFSET + 65535;
+
+/// Per-thread state of the upstream writes: the GRO table and the write buffers. Only borrowed
+/// inside [`Upstream::write`], which never awaits.
+#[derive(Default)]
+struct WriteScratch {
+    gro: GROTable,
+    bufs: Vec<BytesMut>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<WriteScratch> = std::cell::RefCell::new(WriteScratch::default());
+}
+
+/// The upstream half of the data plane: each session writes its own checked packets to the TUN,
+/// on its own task, as soon as one read of its connection has been decoded. The packets of one
+/// read go in one `send_multiple`, which coalesces each TCP/UDP flow (GRO) into few TUN writes when
+/// offload is on. Nothing is queued between the session and the device: no channel hop, no
+/// wakeup of another task, and a session's packets reach the TUN in the order it sent them.
+#[derive(Clone, Debug)]
+pub struct Upstream {
     tun: Tun,
-    mut rx: mpsc::Receiver<Bytes>,
     metrics: Metrics,
-) -> io::Result<()> {
-    // send_multiple needs room before each packet for the virtio header and, to merge segments,
-    // capacity for a whole 64 KiB super-packet plus two headers.
-    const OFFSET: usize = VIRTIO_NET_HDR_LEN;
-    let mut bufs: Vec<BytesMut> = (0..IDEAL_BATCH_SIZE)
-        .map(|_| BytesMut::with_capacity(2 * OFFSET + 65535))
-        .collect();
-    let mut gro = GROTable::default();
-    let mut batch: Vec<Bytes> = Vec::with_capacity(IDEAL_BATCH_SIZE);
-    loop {
-        batch.clear();
-        if rx.recv_many(&mut batch, IDEAL_BATCH_SIZE).await == 0 {
+}
+
+impl Upstream {
+    /// The writer for `tun`, counting into `metrics`.
+    pub fn new(tun: Tun, metrics: Metrics) -> Self {
+        Self { tun, metrics }
+    }
+
+    /// Writes `pkts` (checked IP packets) to the TUN now and empties the vector. A TUN write that
+    /// fails for one batch is logged and its packets dropped; `Err` only when the device is gone
+    /// (the data plane is down for every session).
+    pub fn write(&self, pkts: &mut Vec<Bytes>) -> io::Result<()> {
+        if pkts.is_empty() {
             return Ok(());
         }
-        let mut bytes = 0u64;
-        for (buf, pkt) in bufs.iter_mut().zip(&batch) {
-            buf.clear();
-            buf.resize(OFFSET, 0);
-            buf.extend_from_slice(pkt);
-            bytes += pkt.len() as u64;
-        }
-        let n = batch.len();
-        let Some(out) = bufs.get_mut(..n) else {
-            continue;
-        };
-        if let Err(e) = tun.dev.send_multiple(&mut gro, out, OFFSET).await {
-            if is_fatal(&e) {
-                return Err(e);
+        let dev: &tun_rs::DeviceImpl = &self.tun.dev;
+        let result = SCRATCH.with(|cell| {
+            let mut scratch = cell.borrow_mut();
+            let WriteScratch { gro, bufs } = &mut *scratch;
+            for chunk in pkts.chunks(WRITE_MAX) {
+                while bufs.len() < chunk.len() {
+                    bufs.push(BytesMut::with_capacity(WRITE_BUF));
+                }
+                let mut bytes = 0u64;
+                for (buf, pkt) in bufs.iter_mut().zip(chunk) {
+                    buf.clear();
+                    buf.resize(OFFSET, 0);
+                    buf.extend_from_slice(pkt);
+                    bytes += pkt.len() as u64;
+                }
+                let Some(out) = bufs.get_mut(..chunk.len()) else {
+                    continue;
+                };
+                // The blocking-style call on the non-blocking descriptor: a TUN write never waits.
+                if let Err(e) = dev.send_multiple(gro, out, OFFSET) {
+                    if is_fatal(&e) {
+                        return Err(e);
+                    }
+                    tracing::debug!(error = %e, "TUN write error");
+                }
+                self.metrics.add_up(chunk.len() as u64, bytes);
+                // Buffers that GRO grew past their usual size are given back to keep memory flat.
+                for buf in bufs.iter_mut() {
+                    if buf.capacity() > 4 * WRITE_BUF {
+                        *buf = BytesMut::with_capacity(WRITE_BUF);
+                    }
+                }
             }
-            tracing::debug!(error = %e, "TUN write error");
-        }
-        metrics.add_up(n as u64, bytes);
-        // Buffers that GRO grew past their usual size are given back to keep memory flat.
-        for buf in bufs.iter_mut() {
-            if buf.capacity() > 4 * (2 * OFFSET + 65535) {
-                *buf = BytesMut::with_capacity(2 * OFFSET + 65535);
-            }
-        }
+            Ok(())
+        });
+        pkts.clear();
+        result
     }
 }
 

@@ -11,10 +11,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio::time::timeout_at;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -57,8 +56,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// True after SIGTERM: probes get 503, logins and CONNECTs are refused.
     pub draining: AtomicBool,
-    /// Upstream packets to the TUN writer.
-    pub tun_tx: mpsc::Sender<Bytes>,
+    /// Writes sessions' upstream packets to the TUN.
+    pub up: crate::dataplane::Upstream,
     /// When the server started.
     pub started: Instant,
     /// The certificate's `pin-sha256:` value at start, for clients that pin it (after a reload

@@ -39,19 +39,19 @@ const READ_MIN: usize = 2 * 1024;
 /// The most a busy connection reserves per read.
 const READ_MAX: usize = 32 * 1024;
 
-/// Checks an upstream IP packet (from CSTP or DTLS) and hands it to the TUN writer. False when the
-/// data plane has stopped.
-async fn upstream(
+/// Checks the upstream IP packets of one read (from CSTP or DTLS), drops and counts bad ones, and
+/// writes the rest to the TUN. False when the data plane has stopped (the TUN device is gone).
+fn upstream(
     sh: &Shared,
     session: &Session,
     own: &OwnAddrs,
-    payload: Bytes,
+    batch: &mut Vec<Bytes>,
     span: &tracing::Span,
 ) -> bool {
-    match packet::check_upstream(&payload, own) {
+    batch.retain(|payload| match packet::check_upstream(payload, own) {
         Ok(()) => {
             session.stats.add_up(payload.len());
-            sh.tun_tx.send(payload).await.is_ok()
+            true
         }
         Err(reason) => {
             if reason == DropReason::SpoofedSource {
@@ -62,7 +62,15 @@ async fn upstream(
             }
             sh.metrics.drop_packet(reason);
             tracing::debug!(parent: span, reason = reason.as_str(), "upstream packet dropped");
-            true
+            false
+        }
+    });
+    match sh.up.write(batch) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(parent: span, error = %e, "TUN write failed: data plane down");
+            sh.health.set_dataplane(crate::health::Direction::Up, false);
+            false
         }
     }
 }
@@ -306,11 +314,13 @@ pub(crate) async fn run(
                     if let Some(l) = dtls.as_mut() {
                         l.on_cstp_data();
                     }
-                    if !upstream(&sh, &session, &own, payload.freeze(), &span).await {
-                        break 'conn Outcome::Lost("data plane stopped");
-                    }
+                    up_batch.push(payload.freeze());
                 }
                 FrameType::DpdRequest => {
+                    // Packets decoded before the request go out before this task awaits.
+                    if !upstream(&sh, &session, &own, &mut up_batch, &span) {
+                        break 'conn Outcome::Lost("data plane stopped");
+                    }
                     if let Err(e) = send_frame(&mut tls, FrameType::DpdResponse, &payload).await {
                         tracing::debug!(parent: &span, error = %e, "DPD response failed");
                         break 'conn Outcome::Lost("write error");
@@ -318,6 +328,9 @@ pub(crate) async fn run(
                 }
                 FrameType::DpdResponse | FrameType::Keepalive => {}
                 FrameType::Disconnect => {
+                    if !upstream(&sh, &session, &own, &mut up_batch, &span) {
+                        break 'conn Outcome::Lost("data plane stopped");
+                    }
                     if cstp::is_logout(&payload) {
                         tracing::info!(parent: &span, reason = cstp::disconnect_reason(&payload).unwrap_or(""), "client logged out");
                         break 'conn Outcome::End(EndReason::Logout);
@@ -331,6 +344,10 @@ pub(crate) async fn run(
                     break 'conn Outcome::End(EndReason::ProtocolError);
                 }
             }
+        }
+        // Everything this read decoded goes to the TUN in one batch.
+        if !upstream(&sh, &session, &own, &mut up_batch, &span) {
+            break 'conn Outcome::Lost("data plane stopped");
         }
         if let Some(t) = timers.poll_timeout() {
             let t = tokio::time::Instant::from_std(t);
@@ -402,10 +419,8 @@ pub(crate) async fn run(
                     // DATA counts for the idle timeout; CSTP's DPD clock is left to CSTP.
                     timers.on_send_data(now);
                 }
-                for pkt in up_batch.drain(..) {
-                    if !upstream(&sh, &session, &own, pkt, &span).await {
-                        break 'conn Outcome::Lost("data plane stopped");
-                    }
+                if !upstream(&sh, &session, &own, &mut up_batch, &span) {
+                    break 'conn Outcome::Lost("data plane stopped");
                 }
             }
             () = &mut dtls_sleep, if dtls.is_some() => {
@@ -483,8 +498,9 @@ pub(crate) async fn run(
             },
         }
         if buf.is_empty() && read_chunk == READ_MIN && buf.capacity() > 4 * READ_MIN {
-            // Gone quiet after a burst: give the big buffer back.
+            // Gone quiet after a burst: give the big buffers back.
             buf = BytesMut::with_capacity(READ_MIN);
+            up_batch = Vec::new();
         } else if buf.capacity() - buf.len() < read_chunk / 2 {
             buf.reserve(read_chunk);
         }
