@@ -45,8 +45,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tunnel_proto::cstp;
 use tunnel_proto::dtls::{self as wire, HelloError, Payload, APP_ID_LEN};
+use tunnel_proto::mtu;
 
-use crate::metrics::{DtlsDrop, Metrics};
+use crate::metrics::{DtlsDrop, Metrics, DTLS_OVERSIZE};
 
 /// The TLS exporter label openconnect derives the DTLS PSK with (§7.2).
 pub const PSK_LABEL: &[u8] = b"EXPORTER-openconnect-psk";
@@ -577,9 +578,31 @@ fn handle_retransmit(ssl: &SslRef) {
     }
 }
 
+// `DTLS_get_data_mtu` (OpenSSL 1.1.1+), which the openssl crates do not wrap.
+#[allow(unsafe_code)]
+extern "C" {
+    fn DTLS_get_data_mtu(s: *const openssl_sys::SSL) -> libc::size_t;
+}
+
+/// The largest record plaintext that fits one datagram of the MTU set on `ssl`, for its
+/// negotiated cipher (`DTLS_get_data_mtu`); `fallback` when OpenSSL cannot say (no cipher yet).
+#[allow(unsafe_code)]
+fn data_mtu(ssl: &SslRef, fallback: usize) -> usize {
+    // SAFETY: `ssl` is a live SSL object borrowed for the call; the function only reads it.
+    let n = unsafe { DTLS_get_data_mtu(ssl.as_ptr()) };
+    if n == 0 {
+        fallback
+    } else {
+        n
+    }
+}
+
 /// One DTLS association with one peer address.
 struct Endpoint {
     peer: SocketAddr,
+    /// Largest record plaintext (type byte + payload) that fits one datagram of the link's MTU
+    /// with the negotiated cipher; set when the handshake completes.
+    data_mtu: usize,
     /// The gateway address the peer sends to; replies leave from it.
     local: Option<IpAddr>,
     /// The `random` of the ClientHello that started it, to recognise late retransmits.
@@ -717,6 +740,7 @@ impl DtlsLink {
         let stream = SslStream::new(ssl, Shim::default())?;
         Ok(Endpoint {
             peer,
+            data_mtu: 0,
             local,
             hello_random: hello_random(d),
             stream,
@@ -829,7 +853,12 @@ impl DtlsLink {
             return LinkEvent::HandshakeFailed;
         };
         let peer = p.ep.peer;
-        if let Some(old) = self.established.replace(p.ep) {
+        let mut ep = p.ep;
+        let fallback = usize::try_from(self.params.mtu)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(mtu::DTLS_GCM_OVERHEAD as usize);
+        ep.data_mtu = data_mtu(ep.stream.ssl(), fallback);
+        if let Some(old) = self.established.replace(ep) {
             if old.peer != peer {
                 self.forget(old.peer);
             }
@@ -846,6 +875,7 @@ impl DtlsLink {
                 %peer,
                 version = ssl.version_str(),
                 cipher = ssl.current_cipher().map_or("?", |c| c.name()),
+                data_mtu = ep.data_mtu,
                 "DTLS established"
             );
         }
@@ -928,8 +958,10 @@ impl DtlsLink {
 
     /// Encrypts one downstream CSTP DATA frame (as the data plane builds it) as one DTLS record.
     /// The record is `[0x00] + IP packet`, which is exactly the frame from its byte 7 on (byte 7
-    /// of a CSTP header is always zero), so nothing is copied. False if DTLS is not established
-    /// or the frame is not DATA: send it over CSTP then.
+    /// of a CSTP header is always zero), so nothing is copied. False if DTLS is not established,
+    /// the frame is not DATA, or its record would not fit one datagram of the session's DTLS MTU
+    /// (counted as `oversize_to_cstp`; as ocserv does): send it over CSTP then. OpenSSL itself
+    /// would write such a record as one datagram larger than the MTU, which the path drops.
     pub(crate) fn encrypt_frame(&mut self, frame: &[u8]) -> bool {
         let Some(ep) = self.established.as_mut() else {
             return false;
@@ -940,6 +972,14 @@ impl DtlsLink {
         let Some(record) = frame.get(cstp::HEADER_LEN - 1..) else {
             return false;
         };
+        if record.len() > ep.data_mtu {
+            self.server
+                .metrics
+                .dtls_events
+                .with_label_values(&[DTLS_OVERSIZE])
+                .inc();
+            return false;
+        }
         if ep.stream.ssl_write(record).is_ok() {
             return true;
         }
@@ -1421,6 +1461,49 @@ mod tests {
         let mut dpd = Vec::new();
         cstp::encode(cstp::FrameType::DpdRequest, &[], &mut dpd).unwrap();
         assert!(!link.encrypt_frame(&dpd));
+    }
+
+    #[tokio::test]
+    async fn a_packet_too_big_for_one_datagram_is_refused_and_counted_and_dtls_stays_up() {
+        let (srv, _ctl) = server().await;
+        let psk = [0x42; 32];
+        let mut link = srv.register(1, psk, params());
+        let mut client = Client::new(&link.app_id(), psk, 9050);
+        let now = Instant::now();
+        handshake(&mut client, &mut link, now);
+        assert!(link.is_active());
+        // PSK-AES256-GCM-SHA384: 13-byte header, 8-byte nonce, 16-byte tag.
+        let limit = params().mtu as usize - 37;
+        let oversize = || {
+            srv.metrics
+                .dtls_events
+                .with_label_values(&[DTLS_OVERSIZE])
+                .get()
+        };
+        let frame = |pkt_len: usize| {
+            let mut f = Vec::new();
+            cstp::encode(cstp::FrameType::Data, &vec![0x45; pkt_len], &mut f).unwrap();
+            f
+        };
+        // Type byte + packet = exactly the limit: one datagram of exactly the MTU.
+        assert!(link.encrypt_frame(&frame(limit - 1)));
+        let out = link_out(&mut link);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1.len(), params().mtu as usize);
+        assert_eq!(oversize(), 0);
+        // One byte more would not fit: refused (the caller sends it over CSTP), counted.
+        assert!(!link.encrypt_frame(&frame(limit)));
+        assert!(link_out(&mut link).is_empty(), "nothing went over UDP");
+        assert_eq!(oversize(), 1);
+        // DTLS stays up for everything else.
+        assert!(link.is_active());
+        assert!(link.encrypt_frame(&frame(100)));
+        let got: Vec<Vec<u8>> = link_out(&mut link)
+            .into_iter()
+            .flat_map(|(_, d)| client.feed(d))
+            .collect();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].len(), 101);
     }
 
     #[tokio::test]
