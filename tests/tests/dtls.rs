@@ -781,3 +781,42 @@ fn a_packet_too_big_for_the_dtls_mtu_goes_down_over_tls_and_dtls_stays_up() -> R
     );
     Ok(())
 }
+
+#[test]
+fn the_gateway_probes_an_idle_dtls_client_and_openconnect_answers() -> Result<()> {
+    // X-DTLS-DPD 2 s: once the UDP path has been quiet for 2 s the gateway sends a DTLS DPD
+    // request. openconnect's own DPD is held at 30 s (--force-dpd), and its DTLS keepalive is 12 s
+    // here, so an idle client stays quiet long enough and only the gateway probes.
+    let topo = Topology::standard()?;
+    let gw = Gateway::start(
+        &topo,
+        GatewayConfig::new()
+            .user(USER, PASSWORD)
+            .set("timers.dpd_secs", 2),
+    )?;
+    let client = Client::connect(&topo, &gw, dtls_client().arg("--force-dpd=30"))?;
+    wait_sessions_on(&gw, "dtls", 1.0, Duration::from_secs(5))?;
+    let event = |e: &str| metric(&gw, "tunneld_dtls_events_total", &[("event", e)]);
+    let mut last = (0.0, 0.0);
+    wait_until(
+        Duration::from_secs(15),
+        "three DTLS DPD requests answered",
+        || {
+            last = (event("dpd_request_sent")?, event("dpd_response_received")?);
+            Ok(last.1 >= 3.0)
+        },
+    )
+    .with_context(|| {
+        format!(
+            "(requests sent, answers) = {last:?}\nopenconnect:\n{}",
+            tail(&client.log(), 20)
+        )
+    })?;
+    ensure!(
+        last.0 >= last.1,
+        "more answers than requests: {last:?} (the gateway sends no MTU probes)"
+    );
+    ensure!(sessions_on(&gw, "dtls")? == 1.0, "the session left DTLS");
+    ping_over_dtls(&topo, &gw, &client, 2)?;
+    Ok(())
+}

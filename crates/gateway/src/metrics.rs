@@ -49,8 +49,13 @@ impl DropReason {
 /// `event` of `tunneld_dtls_events_total`: a downstream packet too big for one DTLS datagram of
 /// its session went over CSTP instead.
 pub const DTLS_OVERSIZE: &str = "oversize_to_cstp";
+/// `event` of `tunneld_dtls_events_total`: the gateway sent a DTLS DPD request to a silent peer.
+pub const DTLS_DPD_SENT: &str = "dpd_request_sent";
+/// `event` of `tunneld_dtls_events_total`: a DTLS DPD response arrived (an answer to the
+/// gateway's request).
+pub const DTLS_DPD_ANSWERED: &str = "dpd_response_received";
 /// Every `event` of `tunneld_dtls_events_total`.
-const DTLS_EVENTS: [&str; 1] = [DTLS_OVERSIZE];
+const DTLS_EVENTS: [&str; 3] = [DTLS_OVERSIZE, DTLS_DPD_SENT, DTLS_DPD_ANSWERED];
 
 /// Why a UDP datagram was dropped before or instead of reaching a DTLS session. The `reason` label
 /// of `tunneld_dtls_datagrams_dropped_total`.
