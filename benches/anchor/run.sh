@@ -22,14 +22,13 @@
 #                     where its setup CPU goes (perf-setup.txt); skipped when perf is missing
 #   MICRO [1]         also run the criterion micro-benchmarks (short measurement) into micro.txt
 #   WRITE_DOCS [1]    regenerate docs/benchmarks.md from the results
-#   TRANSPORT [cstp]  dtls: the harness throughput scenario runs with --dtls against both servers
-#                     (ocserv's UDP port on for the harness runs; tunneld offers DTLS by default);
-#                     cstp: the harness offers no DTLS (CSTP over TLS), as before
-#   AUTH [password]   certificate: log in with per-user client certificates instead (a device CA
-#                     issues bench0.. certificates; tunneld auth.method = "certificate", ocserv
-#                     auth = "certificate" with cert-user-oid = 2.5.4.3), run only the connect
-#                     scenario REPS times per server (results certconnect-*.json), print the
-#                     medians and stop: no scale, perf, micro or docs
+#   DTLS_TPUT [1]     also run the harness throughput scenario with --dtls (DTLS 1.2 PSK, as
+#                     openconnect uses by default) against both servers (throughput-dtls-*.json)
+#   CERT_LOGINS [1]   also measure certificate logins: a device CA issues bench0.. certificates
+#                     (DEVICE_KEY [rsa:2048], the key Intune's SCEP/PKCS profiles issue); tunneld
+#                     auth.method = "certificate", ocserv auth = "certificate" with
+#                     cert-user-oid = 2.5.4.3; the connect scenario REPS times per server
+#                     (certconnect-*.json)
 #
 # Everything runs inside network namespaces this script creates (tba<pid>-dev, -gw, -corp) and
 # removes on exit; traffic goes only between them. Needs root, /dev/net/tun, ocserv, openconnect,
@@ -52,15 +51,12 @@ OUT="${OUT:-$ROOT/target/anchor/$(date -u +%Y%m%dT%H%M%SZ)}"
 WRITE_DOCS="${WRITE_DOCS:-1}"
 MICRO="${MICRO:-1}"
 PERF="${PERF:-1}"
-TRANSPORT="${TRANSPORT:-cstp}"
-case "$TRANSPORT" in
-cstp) BENCH_DTLS=(); OCSERV_UDP="" ;;
-dtls) BENCH_DTLS=(--dtls); OCSERV_UDP=udp ;;
-*) echo "anchor: TRANSPORT must be cstp or dtls, not $TRANSPORT" >&2; exit 1 ;;
-esac
-AUTH="${AUTH:-password}"
-case "$AUTH" in password | certificate) ;; *) echo "anchor: AUTH must be password or certificate" >&2; exit 1 ;; esac
-CERT_DIR=""
+DTLS_TPUT="${DTLS_TPUT:-1}"
+CERT_LOGINS="${CERT_LOGINS:-1}"
+DEVICE_KEY="${DEVICE_KEY:-rsa:2048}"
+# Which login the servers are configured for right now (write_*_config read it).
+AUTH=password
+CERT_DIR=
 
 ID="tba$$"
 DEV="$ID-dev"
@@ -138,7 +134,8 @@ make_credentials() {
 
 make_device_certs() {
     # A device CA and one client certificate per user (CN = username), as an Intune PKI would
-    # issue them: EC P-256, extendedKeyUsage clientAuth. DIR/<user>.pem and .key for tunnel-bench.
+    # issue them: DEVICE_KEY (RSA 2048 by default), extendedKeyUsage clientAuth.
+    # DEVICE_CERTS/<user>.pem and .key for tunnel-bench.
     CERT_DIR="$OUT/device-certs"
     mkdir -p "$CERT_DIR"
     cat > "$OUT/device-ca.cnf" <<CNF
@@ -158,11 +155,13 @@ extendedKeyUsage = clientAuth
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
 CNF
-    openssl req -x509 -config "$OUT/device-ca.cnf" -extensions ca_ext -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+    local key
+    read -r -a key <<< "$DEVICE_KEY"  # e.g. "ec -pkeyopt ec_paramgen_curve:prime256v1"
+    openssl req -x509 -config "$OUT/device-ca.cnf" -extensions ca_ext -newkey "${key[@]}" \
         -nodes -keyout "$OUT/device-ca.key" -out "$OUT/device-ca.pem" -days 30 -subj "/CN=Anchor Device CA" 2>/dev/null
     log "issuing $USERS device certificates"
     seq 0 $((USERS - 1)) | xargs -P "$(nproc)" -I{} openssl req -x509 -config "$OUT/device-ca.cnf" -extensions client_ext \
-        -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$CERT_DIR/$USER_NAME{}.key" \
+        -newkey "${key[@]}" -nodes -keyout "$CERT_DIR/$USER_NAME{}.key" \
         -out "$CERT_DIR/$USER_NAME{}.pem" -days 30 -subj "/CN=$USER_NAME{}" \
         -CA "$OUT/device-ca.pem" -CAkey "$OUT/device-ca.key" 2>/dev/null
 }
@@ -208,11 +207,10 @@ CONF
 
 write_ocserv_config() {
     # Equivalent to the tunneld config: same address, certificate, users, pool, route, MTU and
-    # timers; TLS only unless $1 says otherwise (the harness runs compare CSTP over TLS unless
-    # TRANSPORT=dtls); no
-    # per-source connection rate limit or ban score (ocserv's defaults would throttle the harness,
-    # which opens many sessions from few addresses); no session or client caps. $1 = "udp": also
-    # DTLS on UDP 443 (the openconnect DTLS run; tunneld offers DTLS by default).
+    # timers; DTLS on UDP 443 as tunneld offers it by default (a client that asks for no DTLS, like
+    # the harness without --dtls or openconnect --no-dtls, gets CSTP over TLS only); no per-source
+    # connection rate limit or ban score (ocserv's defaults would throttle the harness, which opens
+    # many sessions from few addresses); no session or client caps.
     cat > "$OUT/ocserv.conf" <<CONF
 auth = "plain[passwd=$OUT/users]"
 listen-host = $GW_ADDR
@@ -256,7 +254,7 @@ CONF
     if [ "$AUTH" = certificate ]; then
         sed -i "s|^auth = .*|auth = \"certificate\"\nca-cert = $OUT/device-ca.pem\ncert-user-oid = 2.5.4.3|" "$OUT/ocserv.conf"
     fi
-    if [ "${1:-}" = udp ]; then echo "udp-port = 443" >> "$OUT/ocserv.conf"; fi
+    printf 'udp-port = 443\ndtls-psk = true\n' >> "$OUT/ocserv.conf"
 }
 
 wait_tls() {
@@ -302,7 +300,7 @@ bench() {
     shift 3
     log "$server $tag: tunnel-bench $scenario $*"
     local certs=()
-    [ -n "$CERT_DIR" ] && certs=(--cert-dir "$CERT_DIR")
+    [ "$AUTH" = certificate ] && certs=(--cert-dir "$CERT_DIR")
     TUNNEL_BENCH_PASSWORD="$PASSWORD" in_ns "$DEV" "$BENCH" "$scenario" \
         --server "$GW_ADDR:443" --pin "$PIN" --user "$USER_NAME" --user-count "$USERS" --target "$CORP_ADDR" \
         --source "$SOURCES" --server-pid "$SERVER_PID" --label "$server" --quiet \
@@ -373,37 +371,10 @@ openconnect_run() {
 
 topology
 make_credentials
-[ "$AUTH" = certificate ] && make_device_certs
+[ "$CERT_LOGINS" = 1 ] && make_device_certs
 write_tunneld_config 0
-write_ocserv_config "$OCSERV_UDP"
+write_ocserv_config
 
-if [ "$AUTH" = certificate ]; then
-    echo "params: AUTH=certificate USERS=$USERS REPS=$REPS N_IDLE=$N_IDLE CONC=$CONC" > "$OUT/machine.txt"
-    for server in tunneld ocserv; do
-        for rep in $(seq 1 "$REPS"); do
-            start_server "$server"
-            bench "$server" "certconnect-$rep" connect -n "$N_IDLE" -c "$CONC"
-            stop_server
-        done
-    done
-    python3 - "$OUT" <<'PY' | tee -a "$LOG"
-import glob, json, statistics, sys
-for server in ("tunneld", "ocserv"):
-    runs = [json.load(open(f)) for f in sorted(glob.glob(f"{sys.argv[1]}/{server}-certconnect-*.json"))]
-    def med(*path):
-        vals = []
-        for r in runs:
-            for k in path:
-                r = r.get(k) if isinstance(r, dict) else None
-            if isinstance(r, (int, float)):
-                vals.append(r)
-        return statistics.median(vals) if vals else None
-    print(f"anchor: {server} certificate logins: up {med('connect', 'up')} of {med('connect', 'attempted')}, "
-          f"{med('connect', 'setups_per_s')} setups/s, {med('server', 'setups_per_cpu_s')} setups per server CPU-second (medians of {len(runs)})")
-PY
-    log "results in $OUT"
-    exit 0
-fi
 if [ "$SKIP_COMPARE" = 1 ]; then
     echo "params (added run): SKIP_COMPARE=1 SCALE=\"$SCALE\" SCALE_MT=\"$SCALE_MT\" PERF=$PERF MICRO=$MICRO" >> "$OUT/machine.txt"
 else
@@ -415,7 +386,7 @@ else
     echo "kernel: $(uname -r)"
     echo "ocserv: $(ocserv --version 2>&1 | head -1)"
     echo "openconnect: $(openconnect --version 2>&1 | head -1)"
-    echo "params: USERS=$USERS REPS=$REPS N_IDLE=$N_IDLE CONC=$CONC N_TPUT=$N_TPUT TPUT_SECS=$TPUT_SECS N_STORM=$N_STORM SCALE=\"$SCALE\" SCALE_MT=\"$SCALE_MT\" IPERF_SECS=$IPERF_SECS TRANSPORT=$TRANSPORT"
+    echo "params: USERS=$USERS REPS=$REPS N_IDLE=$N_IDLE CONC=$CONC N_TPUT=$N_TPUT TPUT_SECS=$TPUT_SECS N_STORM=$N_STORM SCALE=\"$SCALE\" SCALE_MT=\"$SCALE_MT\" IPERF_SECS=$IPERF_SECS DTLS_TPUT=$DTLS_TPUT CERT_LOGINS=$CERT_LOGINS DEVICE_KEY=$DEVICE_KEY"
 } > "$OUT/machine.txt"
 fi
 
@@ -425,19 +396,32 @@ for server in tunneld ocserv; do
         start_server "$server"
         bench "$server" "connect-$rep" connect -n "$N_IDLE" -c "$CONC"
         # Two client processes: one alone saturates its core before either server does.
-        bench "$server" "throughput-$rep" throughput -n "$N_TPUT" -c "$CONC" --processes 2 --duration "$TPUT_SECS" --window 16 --size 1400 "${BENCH_DTLS[@]}"
+        bench "$server" "throughput-$rep" throughput -n "$N_TPUT" -c "$CONC" --processes 2 --duration "$TPUT_SECS" --window 16 --size 1400
+        if [ "$DTLS_TPUT" = 1 ]; then
+            bench "$server" "throughput-dtls-$rep" throughput -n "$N_TPUT" -c "$CONC" --processes 2 --duration "$TPUT_SECS" --window 16 --size 1400 --dtls
+        fi
         bench "$server" "storm-$rep" storm -n "$N_STORM" -c "$CONC" --mode cookie
         stop_server
     done
     start_server "$server"
     openconnect_run "$server" tls
     stop_server
-    # DTLS, openconnect's default data channel: ocserv gets its UDP port for this run only.
-    write_ocserv_config udp
     start_server "$server"
     openconnect_run "$server" dtls
     stop_server
-    write_ocserv_config "$OCSERV_UDP"
+    if [ "$CERT_LOGINS" = 1 ]; then
+        AUTH=certificate
+        write_tunneld_config 0
+        write_ocserv_config
+        for rep in $(seq 1 "$REPS"); do
+            start_server "$server"
+            bench "$server" "certconnect-$rep" connect -n "$N_IDLE" -c "$CONC"
+            stop_server
+        done
+        AUTH=password
+        write_tunneld_config 0
+        write_ocserv_config
+    fi
 done
 
 for n in $SCALE; do
