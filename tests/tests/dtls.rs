@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{ensure, Context, Result};
+use e2e::metrics::metric_value;
 use e2e::process::tail;
 use e2e::transfer::{download, random_file};
 use e2e::wait::wait_until;
@@ -796,13 +797,17 @@ fn the_gateway_probes_an_idle_dtls_client_and_openconnect_answers() -> Result<()
     )?;
     let client = Client::connect(&topo, &gw, dtls_client().arg("--force-dpd=30"))?;
     wait_sessions_on(&gw, "dtls", 1.0, Duration::from_secs(5))?;
-    let event = |e: &str| metric(&gw, "tunneld_dtls_events_total", &[("event", e)]);
     let mut last = (0.0, 0.0);
     wait_until(
         Duration::from_secs(15),
         "three DTLS DPD requests answered",
         || {
-            last = (event("dpd_request_sent")?, event("dpd_response_received")?);
+            // Both counters from one scrape, so an answer is never counted before its request.
+            let text = gw.metrics()?;
+            let event = |e: &str| {
+                metric_value(&text, "tunneld_dtls_events_total", &[("event", e)]).unwrap_or(0.0)
+            };
+            last = (event("dpd_request_sent"), event("dpd_response_received"));
             Ok(last.1 >= 3.0)
         },
     )
