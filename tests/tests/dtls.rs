@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{ensure, Context, Result};
+use e2e::metrics::metric_value;
 use e2e::process::tail;
 use e2e::transfer::{download, random_file};
 use e2e::wait::wait_until;
@@ -689,5 +690,138 @@ fn vanished_dtls_client_falls_back_then_ends_and_returns_its_address() -> Result
         !gw.log_lines(&["dead peer"]).is_empty(),
         "the connection did not end by DPD"
     );
+    Ok(())
+}
+
+/// The `data_mtu` the gateway logged when DTLS came up: the largest record plaintext (type byte +
+/// IP packet) one datagram of the session's DTLS MTU holds.
+fn logged_data_mtu(gw: &Gateway) -> Result<usize> {
+    let line = gw
+        .wait_for_log(&["DTLS established", "data_mtu="], Duration::from_secs(5))
+        .context("no DTLS established line with data_mtu")?;
+    line.split("data_mtu=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no data_mtu in {line:?}"))
+}
+
+#[test]
+fn a_packet_too_big_for_the_dtls_mtu_goes_down_over_tls_and_dtls_stays_up() -> Result<()> {
+    // The client's link is 1300 bytes (both ends of its veth), and openconnect says so in
+    // X-CSTP-Base-MTU. The tunnel MTU cannot go below 1280 (IPv6 minimum), but one DTLS datagram
+    // of a 1300 link holds only 1300 - 28 - 37 bytes of record: so packets between those sizes fit
+    // the tunnel but not one DTLS datagram. Before the fix such a packet left as one 1.3 KiB
+    // datagram that the 1300 link refused (EMSGSIZE at the gateway), and was lost.
+    const LINK: &str = "1300";
+    let topo = Topology::standard()?;
+    let dev = topo.devices().first().context("no device")?.name.clone();
+    topo.run_in(&dev, &["ip", "link", "set", "eth0", "mtu", LINK])?;
+    topo.run_in(
+        "gw",
+        &["ip", "link", "set", &format!("d-{dev}"), "mtu", LINK],
+    )?;
+    let gw = Gateway::start(&topo, GatewayConfig::new().user(USER, PASSWORD))?;
+    let client = Client::connect(&topo, &gw, dtls_client().arg(&format!("--base-mtu={LINK}")))?;
+    wait_sessions_on(&gw, "dtls", 1.0, Duration::from_secs(5))?;
+    let data_mtu = logged_data_mtu(&gw)?;
+    let tunnel_mtu: usize = client.connect_env()?.var("INTERNAL_IP4_MTU")?.parse()?;
+    let session_mtu = gw
+        .log_lines(&["session started", "mtu="])
+        .first()
+        .and_then(|l| l.split(" mtu=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<usize>().ok())
+        .context("no mtu in the session started line")?;
+    // One byte more than a record can hold, as an IP packet no bigger than the tunnel MTU the
+    // gateway announced.
+    let packet = data_mtu;
+    ensure!(
+        packet <= session_mtu,
+        "no packet is too big for DTLS yet within the tunnel MTU: data_mtu {data_mtu}, tunnel MTU {session_mtu}"
+    );
+    eprintln!(
+        "DTLS data_mtu {data_mtu}, tunnel MTU {session_mtu} (openconnect's tun: {tunnel_mtu}), packet {packet}"
+    );
+    ping_over_dtls(&topo, &gw, &client, 2)?;
+
+    let oversize = || {
+        metric(
+            &gw,
+            "tunneld_dtls_events_total",
+            &[("event", "oversize_to_cstp")],
+        )
+    };
+    let before = oversize()?;
+    let ip = client.ipv4()?.to_string();
+    let size = (packet - 28).to_string();
+    let out = topo.exec_in(
+        "corp",
+        &[
+            "ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", "-M", "dont", "-s", &size, &ip,
+        ],
+    )?;
+    ensure!(
+        out.success() && out.stdout.contains(" 0% packet loss"),
+        "{packet}-byte echo requests from corp to the client were lost: {out}\nopenconnect:\n{}",
+        tail(&client.log(), 15)
+    );
+    let sent = oversize()? - before;
+    ensure!(
+        sent >= 3.0,
+        "only {sent} oversize packets counted as sent over TLS"
+    );
+
+    // DTLS is still up and carries everything else.
+    wait_sessions_on(&gw, "dtls", 1.0, Duration::from_secs(5))?;
+    ping_over_dtls(&topo, &gw, &client, 3)?;
+    ensure!(
+        !client.log().contains("DTLS Dead Peer Detection"),
+        "openconnect lost DTLS:\n{}",
+        tail(&client.log(), 20)
+    );
+    Ok(())
+}
+
+#[test]
+fn the_gateway_probes_an_idle_dtls_client_and_openconnect_answers() -> Result<()> {
+    // X-DTLS-DPD 2 s: once the UDP path has been quiet for 2 s the gateway sends a DTLS DPD
+    // request. openconnect's own DPD is held at 30 s (--force-dpd), and its DTLS keepalive is 12 s
+    // here, so an idle client stays quiet long enough and only the gateway probes.
+    let topo = Topology::standard()?;
+    let gw = Gateway::start(
+        &topo,
+        GatewayConfig::new()
+            .user(USER, PASSWORD)
+            .set("timers.dpd_secs", 2),
+    )?;
+    let client = Client::connect(&topo, &gw, dtls_client().arg("--force-dpd=30"))?;
+    wait_sessions_on(&gw, "dtls", 1.0, Duration::from_secs(5))?;
+    let mut last = (0.0, 0.0);
+    wait_until(
+        Duration::from_secs(15),
+        "three DTLS DPD requests answered",
+        || {
+            // Both counters from one scrape, so an answer is never counted before its request.
+            let text = gw.metrics()?;
+            let event = |e: &str| {
+                metric_value(&text, "tunneld_dtls_events_total", &[("event", e)]).unwrap_or(0.0)
+            };
+            last = (event("dpd_request_sent"), event("dpd_response_received"));
+            Ok(last.1 >= 3.0)
+        },
+    )
+    .with_context(|| {
+        format!(
+            "(requests sent, answers) = {last:?}\nopenconnect:\n{}",
+            tail(&client.log(), 20)
+        )
+    })?;
+    ensure!(
+        last.0 >= last.1,
+        "more answers than requests: {last:?} (the gateway sends no MTU probes)"
+    );
+    ensure!(sessions_on(&gw, "dtls")? == 1.0, "the session left DTLS");
+    ping_over_dtls(&topo, &gw, &client, 2)?;
     Ok(())
 }

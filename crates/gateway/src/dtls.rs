@@ -45,8 +45,10 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tunnel_proto::cstp;
 use tunnel_proto::dtls::{self as wire, HelloError, Payload, APP_ID_LEN};
+use tunnel_proto::mtu;
+use tunnel_proto::timers::DtlsDpd;
 
-use crate::metrics::{DtlsDrop, Metrics};
+use crate::metrics::{DtlsDrop, Metrics, DTLS_DPD_ANSWERED, DTLS_DPD_SENT, DTLS_OVERSIZE};
 
 /// The TLS exporter label openconnect derives the DTLS PSK with (§7.2).
 pub const PSK_LABEL: &[u8] = b"EXPORTER-openconnect-psk";
@@ -230,6 +232,7 @@ impl DtlsServer {
             pending: None,
             last_rx: Instant::now(),
             active: false,
+            dpd: DtlsDpd::new(params.dpd, params.switch_after, Instant::now()),
             plain: Vec::new(),
             reply: Vec::new(),
             arena: BytesMut::new(),
@@ -577,9 +580,31 @@ fn handle_retransmit(ssl: &SslRef) {
     }
 }
 
+// `DTLS_get_data_mtu` (OpenSSL 1.1.1+), which the openssl crates do not wrap.
+#[allow(unsafe_code)]
+extern "C" {
+    fn DTLS_get_data_mtu(s: *const openssl_sys::SSL) -> libc::size_t;
+}
+
+/// The largest record plaintext that fits one datagram of the MTU set on `ssl`, for its
+/// negotiated cipher (`DTLS_get_data_mtu`); `fallback` when OpenSSL cannot say (no cipher yet).
+#[allow(unsafe_code)]
+fn data_mtu(ssl: &SslRef, fallback: usize) -> usize {
+    // SAFETY: `ssl` is a live SSL object borrowed for the call; the function only reads it.
+    let n = unsafe { DTLS_get_data_mtu(ssl.as_ptr()) };
+    if n == 0 {
+        fallback
+    } else {
+        n
+    }
+}
+
 /// One DTLS association with one peer address.
 struct Endpoint {
     peer: SocketAddr,
+    /// Largest record plaintext (type byte + payload) that fits one datagram of the link's MTU
+    /// with the negotiated cipher; set when the handshake completes.
+    data_mtu: usize,
     /// The gateway address the peer sends to; replies leave from it.
     local: Option<IpAddr>,
     /// The `random` of the ClientHello that started it, to recognise late retransmits.
@@ -609,6 +634,8 @@ pub(crate) struct LinkParams {
     pub(crate) mtu: u32,
     /// UDP silence after which downstream traffic goes back to CSTP.
     pub(crate) switch_after: Duration,
+    /// The DTLS DPD interval announced in `X-DTLS-DPD` (zero: the gateway sends no DTLS DPD).
+    pub(crate) dpd: Duration,
 }
 
 /// What one inbound datagram did to the link, for the tunnel task's logs.
@@ -639,6 +666,8 @@ pub(crate) struct DtlsLink {
     last_rx: Instant,
     /// Downstream goes over DTLS.
     active: bool,
+    /// When to ask a silent peer for a DTLS DPD response.
+    dpd: DtlsDpd,
     plain: Vec<u8>,
     reply: Vec<u8>,
     arena: BytesMut,
@@ -717,6 +746,7 @@ impl DtlsLink {
         let stream = SslStream::new(ssl, Shim::default())?;
         Ok(Endpoint {
             peer,
+            data_mtu: 0,
             local,
             hello_random: hello_random(d),
             stream,
@@ -829,7 +859,12 @@ impl DtlsLink {
             return LinkEvent::HandshakeFailed;
         };
         let peer = p.ep.peer;
-        if let Some(old) = self.established.replace(p.ep) {
+        let mut ep = p.ep;
+        let fallback = usize::try_from(self.params.mtu)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(mtu::DTLS_GCM_OVERHEAD as usize);
+        ep.data_mtu = data_mtu(ep.stream.ssl(), fallback);
+        if let Some(old) = self.established.replace(ep) {
             if old.peer != peer {
                 self.forget(old.peer);
             }
@@ -846,11 +881,13 @@ impl DtlsLink {
                 %peer,
                 version = ssl.version_str(),
                 cipher = ssl.current_cipher().map_or("?", |c| c.name()),
+                data_mtu = ep.data_mtu,
                 "DTLS established"
             );
         }
         self.last_rx = now;
         self.active = true;
+        self.dpd.on_receive(now);
         // The datagram that finished the handshake may carry records already.
         let _ = self.read_established(now, up);
         LinkEvent::Established { peer }
@@ -901,7 +938,15 @@ impl DtlsLink {
                         break;
                     }
                 }
-                Ok(Payload::DpdResponse | Payload::Keepalive) => {}
+                Ok(Payload::DpdResponse) => {
+                    // The gateway sends no MTU probes: this answers its DPD request.
+                    server
+                        .metrics
+                        .dtls_events
+                        .with_label_values(&[DTLS_DPD_ANSWERED])
+                        .inc();
+                }
+                Ok(Payload::Keepalive) => {}
                 Ok(_) | Err(_) => server.metrics.dtls_drop(DtlsDrop::BadRecord, 1),
             }
         }
@@ -909,6 +954,7 @@ impl DtlsLink {
         if valid {
             self.last_rx = now;
             self.active = true;
+            self.dpd.on_receive(now);
         }
         if closed {
             tracing::info!(session = self.session_id, "DTLS channel closed");
@@ -928,8 +974,10 @@ impl DtlsLink {
 
     /// Encrypts one downstream CSTP DATA frame (as the data plane builds it) as one DTLS record.
     /// The record is `[0x00] + IP packet`, which is exactly the frame from its byte 7 on (byte 7
-    /// of a CSTP header is always zero), so nothing is copied. False if DTLS is not established
-    /// or the frame is not DATA: send it over CSTP then.
+    /// of a CSTP header is always zero), so nothing is copied. False if DTLS is not established,
+    /// the frame is not DATA, or its record would not fit one datagram of the session's DTLS MTU
+    /// (counted as `oversize_to_cstp`; as ocserv does): send it over CSTP then. OpenSSL itself
+    /// would write such a record as one datagram larger than the MTU, which the path drops.
     pub(crate) fn encrypt_frame(&mut self, frame: &[u8]) -> bool {
         let Some(ep) = self.established.as_mut() else {
             return false;
@@ -940,6 +988,14 @@ impl DtlsLink {
         let Some(record) = frame.get(cstp::HEADER_LEN - 1..) else {
             return false;
         };
+        if record.len() > ep.data_mtu {
+            self.server
+                .metrics
+                .dtls_events
+                .with_label_values(&[DTLS_OVERSIZE])
+                .inc();
+            return false;
+        }
         if ep.stream.ssl_write(record).is_ok() {
             return true;
         }
@@ -968,8 +1024,8 @@ impl DtlsLink {
         }
     }
 
-    /// When [`Self::handle_timeout`] must run next: the handshake deadline or retransmit timer, or
-    /// the moment UDP has been silent for `switch_after`.
+    /// When [`Self::handle_timeout`] must run next: the handshake deadline or retransmit timer,
+    /// the next DTLS DPD request, or the moment UDP has been silent for `switch_after`.
     pub(crate) fn poll_timeout(&self, now: Instant) -> Option<Instant> {
         let pending = self.pending.as_ref().map(|p| {
             retransmit_in(p.ep.stream.ssl()).map_or(p.deadline, |d| (now + d).min(p.deadline))
@@ -977,11 +1033,14 @@ impl DtlsLink {
         let switch = self
             .is_active()
             .then(|| self.last_rx + self.params.switch_after);
-        [pending, switch].into_iter().flatten().min()
+        let dpd = self.is_active().then(|| self.dpd.poll_timeout()).flatten();
+        [pending, switch, dpd].into_iter().flatten().min()
     }
 
-    /// Runs the timers: fails an expired handshake, retransmits a handshake flight, and moves
-    /// downstream traffic back to CSTP after `switch_after` without UDP.
+    /// Runs the timers: fails an expired handshake, retransmits a handshake flight, moves
+    /// downstream traffic back to CSTP after `switch_after` without UDP, and while DTLS carries
+    /// traffic asks a silent peer for a DPD response ([`DtlsDpd`]; the request waits in the
+    /// endpoint until [`Self::flush`]).
     pub(crate) fn handle_timeout(&mut self, now: Instant) -> Option<LinkEvent> {
         let mut event = None;
         if self.pending.as_ref().is_some_and(|p| now >= p.deadline) {
@@ -992,6 +1051,27 @@ impl DtlsLink {
         }
         if self.is_active() && now >= self.last_rx + self.params.switch_after {
             self.active = false;
+        }
+        if self.is_active() && self.dpd.handle_timeout(now) {
+            if let Some(ep) = self.established.as_mut() {
+                if ep
+                    .stream
+                    .ssl_write(&[cstp::FrameType::DpdRequest as u8])
+                    .is_err()
+                {
+                    tracing::info!(
+                        session = self.session_id,
+                        "DTLS DPD write failed; back to CSTP"
+                    );
+                    self.close_established();
+                    return Some(LinkEvent::Closed);
+                }
+                self.server
+                    .metrics
+                    .dtls_events
+                    .with_label_values(&[DTLS_DPD_SENT])
+                    .inc();
+            }
         }
         event
     }
@@ -1029,6 +1109,8 @@ mod tests {
         LinkParams {
             mtu: 1472,
             switch_after: Duration::from_secs(25),
+            // No DTLS DPD unless a test asks for it.
+            dpd: Duration::ZERO,
         }
     }
 
@@ -1421,6 +1503,122 @@ mod tests {
         let mut dpd = Vec::new();
         cstp::encode(cstp::FrameType::DpdRequest, &[], &mut dpd).unwrap();
         assert!(!link.encrypt_frame(&dpd));
+    }
+
+    #[tokio::test]
+    async fn a_packet_too_big_for_one_datagram_is_refused_and_counted_and_dtls_stays_up() {
+        let (srv, _ctl) = server().await;
+        let psk = [0x42; 32];
+        let mut link = srv.register(1, psk, params());
+        let mut client = Client::new(&link.app_id(), psk, 9050);
+        let now = Instant::now();
+        handshake(&mut client, &mut link, now);
+        assert!(link.is_active());
+        // PSK-AES256-GCM-SHA384: 13-byte header, 8-byte nonce, 16-byte tag.
+        let limit = params().mtu as usize - 37;
+        let oversize = || {
+            srv.metrics
+                .dtls_events
+                .with_label_values(&[DTLS_OVERSIZE])
+                .get()
+        };
+        let frame = |pkt_len: usize| {
+            let mut f = Vec::new();
+            cstp::encode(cstp::FrameType::Data, &vec![0x45; pkt_len], &mut f).unwrap();
+            f
+        };
+        // Type byte + packet = exactly the limit: one datagram of exactly the MTU.
+        assert!(link.encrypt_frame(&frame(limit - 1)));
+        let out = link_out(&mut link);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1.len(), params().mtu as usize);
+        assert_eq!(oversize(), 0);
+        // One byte more would not fit: refused (the caller sends it over CSTP), counted.
+        assert!(!link.encrypt_frame(&frame(limit)));
+        assert!(link_out(&mut link).is_empty(), "nothing went over UDP");
+        assert_eq!(oversize(), 1);
+        // DTLS stays up for everything else.
+        assert!(link.is_active());
+        assert!(link.encrypt_frame(&frame(100)));
+        let got: Vec<Vec<u8>> = link_out(&mut link)
+            .into_iter()
+            .flat_map(|(_, d)| client.feed(d))
+            .collect();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].len(), 101);
+    }
+
+    #[tokio::test]
+    async fn a_silent_peer_gets_a_dtls_dpd_request_and_its_answer_counts_as_liveness() {
+        let (srv, _ctl) = server().await;
+        let psk = [0x42; 32];
+        let p = LinkParams {
+            dpd: Duration::from_secs(90),
+            ..params()
+        };
+        let mut link = srv.register(1, psk, p);
+        let mut client = Client::new(&link.app_id(), psk, 9400);
+        let now = Instant::now();
+        handshake(&mut client, &mut link, now);
+        assert!(link.is_active());
+        let event = |e: &str| srv.metrics.dtls_events.with_label_values(&[e]).get();
+        // DPD 90 s, switch after 25 s: the first request is due at 12.5 s of silence.
+        let due = now + Duration::from_millis(12_500);
+        assert_eq!(link.poll_timeout(now), Some(due));
+        assert_eq!(link.handle_timeout(due - Duration::from_millis(1)), None);
+        assert!(
+            link_out(&mut link).is_empty(),
+            "nothing sent before the interval"
+        );
+        assert_eq!(link.handle_timeout(due), None);
+        let got: Vec<Vec<u8>> = link_out(&mut link)
+            .into_iter()
+            .flat_map(|(_, d)| client.feed(d))
+            .collect();
+        assert_eq!(got, vec![vec![0x03]], "one DTLS DPD request");
+        assert_eq!(event(DTLS_DPD_SENT), 1);
+        // Still silent: repeated after half the interval, still before the switch.
+        let again = link.poll_timeout(due).unwrap();
+        assert_eq!(again, due + Duration::from_millis(6_250));
+        link.handle_timeout(again);
+        assert_eq!(link_out(&mut link).len(), 1);
+        assert_eq!(event(DTLS_DPD_SENT), 2);
+
+        // openconnect answers with a 1-byte DPD response: counted, and the path is alive.
+        let answered = again + Duration::from_secs(1);
+        let mut up = Vec::new();
+        for d in client.send(&[0x04]) {
+            let inb = Inbound {
+                peer: addr(9400),
+                local: None,
+                data: d,
+            };
+            assert_eq!(link.on_datagram(inb, answered, &mut up), None);
+        }
+        assert_eq!(event(DTLS_DPD_ANSWERED), 1);
+        assert!(up.is_empty());
+        // The switch to CSTP (25 s after the last record) and the next request moved on.
+        link.handle_timeout(now + Duration::from_secs(25));
+        assert!(link.is_active(), "the answer kept DTLS in use");
+        assert_eq!(
+            link.poll_timeout(answered),
+            Some(answered + Duration::from_millis(12_500))
+        );
+
+        // A peer that never answers: after switch_to_tcp_secs the channel is given up and no
+        // more requests go out.
+        let silent = answered + Duration::from_secs(25);
+        let mut t = answered;
+        while let Some(at) = link.poll_timeout(t).filter(|&at| at <= silent) {
+            link.handle_timeout(at);
+            t = at;
+        }
+        assert!(!link.is_active());
+        let sent = event(DTLS_DPD_SENT);
+        assert_eq!(sent, 4, "two more requests before giving the path up");
+        assert_eq!(link.poll_timeout(silent), None);
+        link.handle_timeout(silent + Duration::from_secs(60));
+        assert_eq!(event(DTLS_DPD_SENT), sent);
     }
 
     #[tokio::test]

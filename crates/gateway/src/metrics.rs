@@ -46,6 +46,17 @@ impl DropReason {
     }
 }
 
+/// `event` of `tunneld_dtls_events_total`: a downstream packet too big for one DTLS datagram of
+/// its session went over CSTP instead.
+pub const DTLS_OVERSIZE: &str = "oversize_to_cstp";
+/// `event` of `tunneld_dtls_events_total`: the gateway sent a DTLS DPD request to a silent peer.
+pub const DTLS_DPD_SENT: &str = "dpd_request_sent";
+/// `event` of `tunneld_dtls_events_total`: a DTLS DPD response arrived (an answer to the
+/// gateway's request).
+pub const DTLS_DPD_ANSWERED: &str = "dpd_response_received";
+/// Every `event` of `tunneld_dtls_events_total`.
+const DTLS_EVENTS: [&str; 3] = [DTLS_OVERSIZE, DTLS_DPD_SENT, DTLS_DPD_ANSWERED];
+
 /// Why a UDP datagram was dropped before or instead of reaching a DTLS session. The `reason` label
 /// of `tunneld_dtls_datagrams_dropped_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +149,8 @@ pub struct Metrics {
     pub dtls_packets: IntCounterVec,
     /// IP bytes carried over DTLS, by direction (a subset of `tunneld_bytes_total`).
     pub dtls_bytes: IntCounterVec,
+    /// Events on sessions' DTLS channels, by `event` ([`DTLS_OVERSIZE`], ...).
+    pub dtls_events: IntCounterVec,
     /// Seconds from TCP accept to a completed TLS handshake.
     pub tls_handshake_seconds: Histogram,
     /// Connections closed at TCP accept, by reason (`banned`, `unauthenticated_limit`).
@@ -327,6 +340,14 @@ impl Metrics {
             dtls_packets.with_label_values(&[d]);
             dtls_bytes.with_label_values(&[d]);
         }
+        let dtls_events = counter_vec(
+            "tunneld_dtls_events_total",
+            "Events on DTLS channels, by event.",
+            &["event"],
+        );
+        for e in DTLS_EVENTS {
+            dtls_events.with_label_values(&[e]);
+        }
         let drop_handles = DropReason::ALL.map(|r| drops.with_label_values(&[r.as_str()]));
         let up_packets = packets.with_label_values(&["up"]);
         let down_packets = packets.with_label_values(&["down"]);
@@ -352,6 +373,7 @@ impl Metrics {
             dtls_drops,
             dtls_packets,
             dtls_bytes,
+            dtls_events,
             tls_handshake_seconds,
             connections_refused,
             unauthenticated_connections,

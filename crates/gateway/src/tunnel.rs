@@ -157,6 +157,7 @@ pub(crate) async fn run(
                             switch_after: Duration::from_secs(u64::from(
                                 cfg.dtls.switch_to_tcp_secs.max(1),
                             )),
+                            dpd: Duration::from_secs(u64::from(cfg.timers.dpd_secs)),
                         },
                     ))
                 }

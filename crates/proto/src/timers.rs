@@ -204,6 +204,72 @@ impl SessionTimers {
     }
 }
 
+/// The server's DTLS dead-peer probe (protocol doc §7.6, §8): when nothing valid has come over
+/// the DTLS channel for `after`, send a DTLS DPD request, and repeat it every `after / 2` while the
+/// channel stays silent. The client answers with a DPD response, which, like any valid record,
+/// counts as proof that the UDP path works ([`DtlsDpd::on_receive`]).
+///
+/// `after` is the announced `X-DTLS-DPD`, but never more than half the silence after which the
+/// gateway moves downstream traffic back to TLS (`switch_to_tcp_secs`): so a quiet but live client
+/// is asked, and has answered, before its UDP path is given up (ocserv probes at `2 × dpd` and
+/// gives the path up at `3 × dpd`; here the give-up point is `switch_to_tcp_secs`). Whether the
+/// channel is up, and so whether probing makes sense at all, is the caller's business: it asks
+/// [`DtlsDpd::poll_timeout`] only while the channel carries traffic and restarts the clock with
+/// [`DtlsDpd::on_receive`] when the channel comes up.
+#[derive(Debug, Clone)]
+pub struct DtlsDpd {
+    after: Duration,
+    /// When the next request is due (`None`: disabled, or out of `Instant` range).
+    next: Option<Instant>,
+}
+
+impl DtlsDpd {
+    /// A probe for a channel last heard from at `now`. `dpd` is the DTLS DPD interval (zero
+    /// disables probing), `switch_after` the silence after which the channel is given up.
+    #[must_use]
+    pub fn new(dpd: Duration, switch_after: Duration, now: Instant) -> Self {
+        let after = dpd.min(switch_after / 2);
+        let mut d = Self { after, next: None };
+        d.on_receive(now);
+        d
+    }
+
+    /// The silence after which the first request goes out.
+    #[must_use]
+    pub fn interval(&self) -> Duration {
+        self.after
+    }
+
+    /// A valid record arrived over DTLS (a DPD response, data, a keepalive, anything): the next
+    /// request is due `after` from `now`.
+    pub fn on_receive(&mut self, now: Instant) {
+        self.next = if self.after.is_zero() {
+            None
+        } else {
+            now.checked_add(self.after)
+        };
+    }
+
+    /// When [`Self::handle_timeout`] must run next, if probing is enabled.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next
+    }
+
+    /// True when a DTLS DPD request must be sent now; the next one is then due `after / 2` later
+    /// unless something arrives first.
+    #[must_use]
+    pub fn handle_timeout(&mut self, now: Instant) -> bool {
+        match self.next {
+            Some(t) if t <= now => {
+                self.next = now.checked_add((self.after / 2).max(MIN_DPD_RETRY));
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,5 +479,90 @@ mod tests {
     fn timers_are_small_and_allocation_free() {
         // Only Copy fields: a handful of Instants and Durations.
         assert!(std::mem::size_of::<SessionTimers>() <= 192);
+    }
+}
+
+#[cfg(test)]
+mod dtls_dpd_tests {
+    use super::*;
+
+    const fn s(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    /// Seconds (since `t0`) at which requests go out when nothing arrives, up to `until`.
+    fn requests(d: &mut DtlsDpd, t0: Instant, until: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        while let Some(at) = d.poll_timeout().filter(|&at| at <= t0 + s(until)) {
+            assert!(d.handle_timeout(at));
+            assert!(!d.handle_timeout(at), "one request per expiry");
+            out.push((at - t0).as_secs());
+        }
+        out
+    }
+
+    #[test]
+    fn a_silent_channel_is_probed_after_dpd_then_every_half_dpd() {
+        let t0 = Instant::now();
+        let mut d = DtlsDpd::new(s(10), s(60), t0);
+        assert_eq!(d.interval(), s(10));
+        assert!(!d.handle_timeout(t0 + s(9)), "not before dpd");
+        assert_eq!(requests(&mut d, t0, 30), vec![10, 15, 20, 25, 30]);
+    }
+
+    #[test]
+    fn the_first_probe_comes_before_the_channel_is_given_up() {
+        // ocserv's sample DPD (90 s) is longer than switch_to_tcp_secs (25 s): probe at 12.5 s
+        // and 18.75 s, both before the 25 s give-up point.
+        let t0 = Instant::now();
+        let mut d = DtlsDpd::new(s(90), s(25), t0);
+        assert_eq!(d.interval(), Duration::from_millis(12_500));
+        let got: Vec<Duration> = std::iter::from_fn(|| {
+            let at = d.poll_timeout()?;
+            (at < t0 + s(25)).then(|| {
+                assert!(d.handle_timeout(at));
+                at - t0
+            })
+        })
+        .collect();
+        assert_eq!(
+            got,
+            vec![Duration::from_millis(12_500), Duration::from_millis(18_750)]
+        );
+    }
+
+    #[test]
+    fn any_received_record_such_as_the_answer_postpones_the_next_probe() {
+        let t0 = Instant::now();
+        let mut d = DtlsDpd::new(s(10), s(60), t0);
+        assert!(d.handle_timeout(t0 + s(10)));
+        // The DPD response arrives a moment later: the channel is alive, no repeat at 15 s.
+        d.on_receive(t0 + s(11));
+        assert!(!d.handle_timeout(t0 + s(15)));
+        assert_eq!(d.poll_timeout(), Some(t0 + s(21)));
+        // Steady traffic never triggers a probe.
+        for i in 12..100 {
+            d.on_receive(t0 + s(i));
+            assert!(!d.handle_timeout(t0 + s(i)));
+        }
+    }
+
+    #[test]
+    fn zero_dpd_disables_probing() {
+        let t0 = Instant::now();
+        let mut d = DtlsDpd::new(Duration::ZERO, s(25), t0);
+        assert_eq!(d.poll_timeout(), None);
+        assert!(!d.handle_timeout(t0 + s(3600)));
+        d.on_receive(t0 + s(1));
+        assert_eq!(d.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_tiny_dpd_never_makes_the_caller_spin() {
+        let t0 = Instant::now();
+        let mut d = DtlsDpd::new(Duration::from_millis(1), s(25), t0);
+        let at = d.poll_timeout().unwrap();
+        assert!(d.handle_timeout(at));
+        assert!(d.poll_timeout().unwrap() >= at + MIN_DPD_RETRY);
     }
 }
