@@ -312,8 +312,10 @@ def main():
         p("  client's receive work, which is counted to the server; see below).")
     side = "within" if pss_max is not None and pss_max <= 24 else "above"
     per_ocserv = ratio(theirs.get("pss_session"), ours.get("pss_session"))
-    p(f"* **Memory.** {fmt(pss_max)} KiB per idle session, about flat from 1,000 to the largest N, {side}")
-    p(f"  the 24 KiB goal; ocserv's forked worker per client costs about {fmt(per_ocserv, 0)} times more (PSS,")
+    pss_small = ours.get("pss_session")
+    p(f"* **Memory.** {fmt(pss_max)} KiB per idle session at the largest N, {side}")
+    p(f"  the 24 KiB goal ({fmt(pss_small)} KiB at {n_idle:,} sessions, where the server's fixed memory weighs more);")
+    p(f"  ocserv's forked worker per client costs about {fmt(per_ocserv, 0)} times more (PSS,")
     p("  which splits pages shared between its workers; its RSS sum is larger still).")
     p("* **Throughput.** The harness throughput runs are limited by the two cores shared between the")
     p("  client processes and the server, so the aggregate ratio may understate the servers' difference;")
