@@ -88,3 +88,22 @@ pub fn run_bench(
         .with_context(|| format!("tunnel-bench printed no JSON report: {output}"))?;
     Ok(BenchRun { report, output })
 }
+
+/// The smoke runs' harness: `tunnel-bench <scenario>` from the `dev` namespace as `login`, probing
+/// corp, 32 setups at a time, sessions spread over `sources`, then `args`.
+pub fn run_smoke(
+    topo: &Topology,
+    gw: &Gateway,
+    login: Login<'_>,
+    sources: &[String],
+    scenario: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<BenchRun> {
+    let mut all: Vec<&str> = vec!["--target", crate::CORP_ADDR, "--concurrency", "32"];
+    for s in sources {
+        all.extend(["--source", s.as_str()]);
+    }
+    all.extend_from_slice(args);
+    run_bench(topo, gw, "dev", login, scenario, &all, timeout)
+}

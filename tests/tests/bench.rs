@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use e2e::bench::{add_source_addresses, run_bench, BenchRun, Login};
+use e2e::bench::{add_source_addresses, run_bench, run_smoke, BenchRun, Login};
 use e2e::certs::DeviceCa;
 use e2e::{Gateway, GatewayConfig, Topology, CORP_ADDR};
 
@@ -29,30 +29,12 @@ fn bench(
     scenario: &str,
     args: &[&str],
 ) -> Result<BenchRun> {
-    let mut all: Vec<&str> = vec![
-        "--target",
-        CORP_ADDR,
-        "--sessions",
-        SMOKE_SESSIONS,
-        "--concurrency",
-        "32",
-    ];
-    for s in sources {
-        all.extend(["--source", s.as_str()]);
-    }
-    all.extend_from_slice(args);
-    run_bench(
-        topo,
-        gw,
-        "dev",
-        Login {
-            user: USER,
-            password: PASSWORD,
-        },
-        scenario,
-        &all,
-        TIMEOUT,
-    )
+    let all = [&["--sessions", SMOKE_SESSIONS][..], args].concat();
+    let login = Login {
+        user: USER,
+        password: PASSWORD,
+    };
+    run_smoke(topo, gw, login, sources, scenario, &all, TIMEOUT)
 }
 
 fn ensure_all_up(run: &BenchRun) -> Result<()> {

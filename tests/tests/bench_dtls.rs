@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use e2e::bench::{add_source_addresses, run_bench, BenchRun, Login};
-use e2e::{Gateway, GatewayConfig, Topology, CORP_ADDR};
+use e2e::bench::{add_source_addresses, run_smoke, BenchRun, Login};
+use e2e::{Gateway, GatewayConfig, Topology};
 
 const USER: &str = "bench";
 const PASSWORD: &str = "bench-pw";
@@ -31,33 +31,13 @@ fn bench(
     args: &[&str],
 ) -> Result<BenchRun> {
     let n = SESSIONS.to_string();
-    let mut all: Vec<&str> = vec![
-        "--target",
-        CORP_ADDR,
-        "--sessions",
-        &n,
-        "--concurrency",
-        "32",
-        "--per-process",
-        "80",
-        "--dtls",
-    ];
-    for s in sources {
-        all.extend(["--source", s.as_str()]);
-    }
-    all.extend_from_slice(args);
-    run_bench(
-        topo,
-        gw,
-        "dev",
-        Login {
-            user: USER,
-            password: PASSWORD,
-        },
-        scenario,
-        &all,
-        TIMEOUT,
-    )
+    let common = ["--sessions", &n, "--per-process", "80", "--dtls"];
+    let all = [&common[..], args].concat();
+    let login = Login {
+        user: USER,
+        password: PASSWORD,
+    };
+    run_smoke(topo, gw, login, sources, scenario, &all, TIMEOUT)
 }
 
 fn dtls_packets(gw: &Gateway, direction: &str) -> Result<f64> {
