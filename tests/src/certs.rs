@@ -118,28 +118,7 @@ impl DeviceCa {
                 d = dir.display()
             ),
         )?;
-        let s = |p: &Path| p.display().to_string();
-        openssl(&[
-            "req",
-            "-x509",
-            "-config",
-            &s(&cnf),
-            "-extensions",
-            "ca_ext",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &s(&key),
-            "-out",
-            &s(&cert),
-            "-days",
-            "30",
-            "-subj",
-            &format!("/CN={name}"),
-        ])?;
+        new_p256_cert(&cnf, "ca_ext", &key, &cert, name, None)?;
         Ok(Self {
             dir,
             cnf,
@@ -153,32 +132,14 @@ impl DeviceCa {
     pub fn issue(&self, out_dir: &Path, cn: &str) -> Result<CertFiles> {
         let cert = out_dir.join(format!("{cn}.pem"));
         let key = out_dir.join(format!("{cn}.key"));
-        let s = |p: &Path| p.display().to_string();
-        openssl(&[
-            "req",
-            "-x509",
-            "-config",
-            &s(&self.cnf),
-            "-extensions",
+        new_p256_cert(
+            &self.cnf,
             "client_ext",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &s(&key),
-            "-out",
-            &s(&cert),
-            "-days",
-            "30",
-            "-subj",
-            &format!("/CN={cn}"),
-            "-CA",
-            &s(&self.cert),
-            "-CAkey",
-            &s(&self.key),
-        ])?;
+            &key,
+            &cert,
+            cn,
+            Some((&self.cert, &self.key)),
+        )?;
         Ok(CertFiles { cert, key })
     }
 
@@ -206,4 +167,45 @@ impl DeviceCa {
         ])?;
         Ok(out)
     }
+}
+
+/// `openssl req -x509`: a new P-256 key into `key` and a certificate for `CN=<cn>` with the
+/// extensions of section `ext` of `cnf` into `cert`, self-signed or signed by `ca` (cert, key).
+fn new_p256_cert(
+    cnf: &Path,
+    ext: &str,
+    key: &Path,
+    cert: &Path,
+    cn: &str,
+    ca: Option<(&Path, &Path)>,
+) -> Result<()> {
+    let s = |p: &Path| p.display().to_string();
+    let subj = format!("/CN={cn}");
+    let (cnf, key, cert) = (s(cnf), s(key), s(cert));
+    let mut args = vec![
+        "req",
+        "-x509",
+        "-config",
+        &cnf,
+        "-extensions",
+        ext,
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &cert,
+        "-days",
+        "30",
+        "-subj",
+        &subj,
+    ];
+    let ca = ca.map(|(c, k)| (s(c), s(k)));
+    if let Some((c, k)) = &ca {
+        args.extend(["-CA", c.as_str(), "-CAkey", k.as_str()]);
+    }
+    openssl(&args)
 }

@@ -584,26 +584,14 @@ impl Gateway {
 
     /// The Prometheus text from the metrics listener, fetched with curl inside the gateway namespace.
     pub fn metrics(&self) -> Result<String> {
-        let listen = self
-            .config
-            .get_str("metrics.listen")
-            .unwrap_or("127.0.0.1:9477");
-        let url = format!("http://{listen}/metrics");
-        let out = process::run(
-            Command::new("ip").args([
-                "netns",
-                "exec",
-                &self.gw_ns,
-                "curl",
-                "-sS",
-                "--max-time",
-                "5",
-                &url,
-            ]),
-            None,
-            Duration::from_secs(10),
-        )?;
-        Ok(out.check().context("fetching /metrics")?.stdout)
+        let reply = self.admin_get("/metrics")?;
+        anyhow::ensure!(
+            reply.status == 200,
+            "fetching /metrics: HTTP {} ({})",
+            reply.status,
+            reply.detail
+        );
+        Ok(reply.body)
     }
 
     /// One metric's value (summed over series whose labels include `labels`); an error if absent.
