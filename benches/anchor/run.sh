@@ -210,7 +210,9 @@ write_ocserv_config() {
     # timers; DTLS on UDP 443 as tunneld offers it by default (a client that asks for no DTLS, like
     # the harness without --dtls or openconnect --no-dtls, gets CSTP over TLS only); no per-source
     # connection rate limit or ban score (ocserv's defaults would throttle the harness, which opens
-    # many sessions from few addresses); no session or client caps.
+    # many sessions from few addresses); no session or client caps; the cipher order of tunneld's
+    # tls.cipher_suites default (AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305; server's order wins),
+    # where GnuTLS's NORMAL would pick AES-256-GCM.
     cat > "$OUT/ocserv.conf" <<CONF
 auth = "plain[passwd=$OUT/users]"
 listen-host = $GW_ADDR
@@ -230,7 +232,7 @@ keepalive = 32
 dpd = 90
 mobile-dpd = 90
 try-mtu-discovery = false
-tls-priorities = "NORMAL:%SERVER_PRECEDENCE:%COMPAT:-VERS-SSL3.0:-VERS-TLS1.0:-VERS-TLS1.1"
+tls-priorities = "NORMAL:%SERVER_PRECEDENCE:%COMPAT:-VERS-SSL3.0:-VERS-TLS1.0:-VERS-TLS1.1:-CIPHER-ALL:+AES-128-GCM:+AES-256-GCM:+CHACHA20-POLY1305"
 auth-timeout = 30
 min-reauth-time = 0
 cookie-timeout = 300

@@ -85,7 +85,7 @@ fn read(field: &str, path: &Path) -> Result<Vec<u8>, ClientCaError> {
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// The CRLs of one file: every PEM `X509 CRL` block, or the whole file as DER.

@@ -141,6 +141,9 @@ pub struct TlsConfig {
     pub pfx_password_file: Option<PathBuf>,
     /// Lowest TLS version accepted: `"1.2"` (default) or `"1.3"`.
     pub min_version: TlsVersion,
+    /// Cipher suites offered, most preferred first (the server's order wins over the client's).
+    /// Empty (default) means [`crate::tls::DEFAULT_CIPHER_SUITES`].
+    pub cipher_suites: Vec<String>,
 }
 
 /// `[network]`: what clients are given (addresses, routes, DNS) and the TUN device.
@@ -617,6 +620,29 @@ impl Config {
             if t.pfx_password_file.is_some() {
                 v.err("tls.pfx_password_file", "set but tls.pfx is not");
             }
+        }
+        let unknown: Vec<&str> = t
+            .cipher_suites
+            .iter()
+            .map(String::as_str)
+            .filter(|n| crate::tls::cipher_suite(n).is_none())
+            .collect();
+        if !unknown.is_empty() {
+            v.err(
+                "tls.cipher_suites",
+                format!(
+                    "unknown cipher suite {}; known: {}",
+                    unknown.join(", "),
+                    crate::tls::DEFAULT_CIPHER_SUITES.join(", ")
+                ),
+            );
+        } else if !t.cipher_suites.is_empty()
+            && !t.cipher_suites.iter().any(|n| n.starts_with("TLS13_"))
+        {
+            v.err(
+                "tls.cipher_suites",
+                "names no TLS 1.3 suite (TLS13_...): TLS 1.3 is always on, so its clients could not connect",
+            );
         }
         for (field, p) in [
             ("tls.cert", &t.cert),
@@ -1241,6 +1267,29 @@ mod tests {
         let e = Config::from_toml_str("[network]\nmtu = \"big\"\n").unwrap_err();
         let s = e.to_string();
         assert!(s.contains("mtu") && s.contains("line 2"), "{s}");
+    }
+
+    #[test]
+    fn tls_cipher_suites_must_be_known_and_include_tls13() {
+        let c = Config::from_toml_str(
+            "[tls]\ncipher_suites = [\"TLS13_AES_256_GCM_SHA384\", \"TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.tls.cipher_suites.len(), 2);
+        let e = Config::from_toml_str("[tls]\ncipher_suites = [\"TLS13_AES_128_CCM_SHA256\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tls.cipher_suites"), "{e}");
+        assert!(
+            e.contains("unknown cipher suite TLS13_AES_128_CCM_SHA256"),
+            "{e}"
+        );
+        let e = Config::from_toml_str(
+            "[tls]\ncipher_suites = [\"TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("names no TLS 1.3 suite"), "{e}");
     }
 
     #[test]

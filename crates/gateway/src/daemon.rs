@@ -111,11 +111,7 @@ impl Gateway {
     ) -> Result<Self, StartError> {
         let cert = tls::load_certificate(&config)?;
         tracing::info!(subject = %cert.subject, not_after = %cert.not_after, pin = %cert.pin_sha256, "certificate loaded");
-        let acceptor = TlsAcceptor::from(tls::server_config(
-            &cert,
-            config.tls.min_version,
-            &config.auth,
-        )?);
+        let acceptor = TlsAcceptor::from(tls::server_config(&cert, &config.tls, &config.auth)?);
         let users = UserDb::load_for(&config.auth)?;
         tracing::info!(users = users.len(), file = %config.auth.users_file.display(), "users loaded");
 

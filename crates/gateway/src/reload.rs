@@ -4,10 +4,11 @@
 //! Everything is loaded and checked before anything is swapped, so a reload either applies as a
 //! whole or not at all: an invalid file, an unreadable certificate or users file, or a change that
 //! cannot be applied to a running daemon is refused with the reason, and the running configuration
-//! stays. What applies live: the certificate and `tls.min_version`, routes, DNS and everything else
-//! pushed at CONNECT, the users file, limits, timers and ban settings. What needs a restart (and is
-//! refused here): the listen addresses, the control socket, the TUN device (name, MTU), NAT, and the
-//! address pools — a pool change while sessions exist would orphan their addresses.
+//! stays. What applies live: the certificate, `tls.min_version` and `tls.cipher_suites`, routes,
+//! DNS and everything else pushed at CONNECT, the users file, limits, timers and ban settings.
+//! What needs a restart (and is refused here): the listen addresses, the control socket, the TUN
+//! device (name, MTU), NAT, and the address pools — a pool change while sessions exist would
+//! orphan their addresses.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -125,7 +126,7 @@ fn prepare(path: Option<&Path>, current: &Config) -> Result<Prepared, ReloadErro
         None => current.clone(),
     };
     let cert = tls::load_certificate(&config)?;
-    let tls = tls::server_config(&cert, config.tls.min_version, &config.auth)?;
+    let tls = tls::server_config(&cert, &config.tls, &config.auth)?;
     let users = UserDb::load_for(&config.auth)?;
     Ok(Prepared {
         config,

@@ -223,7 +223,7 @@ impl Sessions {
         let mut raw = [0u8; 32];
         rand::Rng::fill(&mut rand::thread_rng(), &mut raw);
         let token = hex::encode(raw);
-        let cookie_hash = openssl::sha::sha256(token.as_bytes());
+        let cookie_hash = cookie_digest(&token);
         let now = Instant::now();
         let session = Arc::new(Session {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -248,7 +248,7 @@ impl Sessions {
 
     /// The live session a cookie token names. The stored hash is compared in constant time.
     pub fn find_by_cookie(&self, token: &str) -> Option<Arc<Session>> {
-        let hash = openssl::sha::sha256(token.as_bytes());
+        let hash = cookie_digest(token);
         let s = self.by_cookie.get(&hash).map(|e| Arc::clone(e.value()))?;
         (openssl::memcmp::eq(&s.cookie_hash, &hash) && !s.is_ended()).then_some(s)
     }
@@ -399,6 +399,14 @@ impl Sessions {
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
+}
+
+/// SHA-256 of a cookie token: the key sessions are stored under (the token itself is never kept).
+fn cookie_digest(token: &str) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
 }
 
 #[cfg(test)]

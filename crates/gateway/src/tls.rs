@@ -7,8 +7,9 @@
 //! the certificate, the certificate must be within its validity period and rustls must support the
 //! key. Each error names the configuration field and the file, so the operator knows what to fix.
 //!
-//! [`server_config`] builds the rustls [`ServerConfig`](rustls::ServerConfig) (ring provider,
-//! TLS 1.3 and 1.2 only; client certificates only in `auth.method = "certificate"`).
+//! [`server_config`] builds the rustls [`ServerConfig`](rustls::ServerConfig) (aws-lc-rs provider,
+//! TLS 1.3 and 1.2 only, the server's cipher-suite order; client certificates only in
+//! `auth.method = "certificate"`).
 //!
 //! OpenSSL (the `openssl` crate) is used to read PKCS#12, to compare keys, to read validity dates
 //! and to generate the self-signed certificate; rustls does the TLS.
@@ -40,7 +41,7 @@ use openssl::x509::extension::{
 use openssl::x509::{X509NameBuilder, X509NameRef, X509};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use crate::config::{Config, TlsVersion};
+use crate::config::{Config, TlsConfig, TlsVersion};
 
 /// File name of the generated self-signed certificate in `server.state_dir`.
 pub const SELF_SIGNED_CERT_FILE: &str = "selfsigned-cert.pem";
@@ -224,23 +225,62 @@ pub fn load_certificate(cfg: &Config) -> Result<LoadedCert, TlsError> {
     load_or_generate_self_signed(&cfg.server.state_dir, cfg.server.server_name.as_deref())
 }
 
-/// Builds the rustls server configuration: ring provider; TLS 1.3 and 1.2 (1.3 preferred), or
-/// 1.3 only when `min` is [`TlsVersion::V1_3`]; no ALPN; no 0-RTT early data; session resumption
-/// with rustls' defaults. Client certificates are asked for (and verified, but not required) only
-/// when `auth.method = "certificate"` (see [`crate::client_cert::verifier`], which reads
+/// The cipher suites offered when `tls.cipher_suites` is empty, most preferred first: AES-128-GCM
+/// ahead of AES-256-GCM. Both are fast with AES-NI, but a TLS 1.3 AES-256 suite hashes with
+/// SHA-384, which CPUs have no instructions for (SHA-256 has them): its key schedule took about a
+/// tenth of the server's CPU per certificate login here. Then ChaCha20-Poly1305, for CPUs without
+/// AES instructions. TLS 1.2 suites are ECDHE only.
+pub const DEFAULT_CIPHER_SUITES: &[&str] = &[
+    "TLS13_AES_128_GCM_SHA256",
+    "TLS13_AES_256_GCM_SHA384",
+    "TLS13_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+];
+
+/// The cipher suite with this IANA name (as in [`DEFAULT_CIPHER_SUITES`]), if the crypto
+/// provider has it.
+pub fn cipher_suite(name: &str) -> Option<rustls::SupportedCipherSuite> {
+    rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES
+        .iter()
+        .find(|s| s.suite().as_str() == Some(name))
+        .copied()
+}
+
+/// Builds the rustls server configuration: aws-lc-rs provider; TLS 1.3 and 1.2 (1.3 preferred),
+/// or 1.3 only when `tls.min_version` is [`TlsVersion::V1_3`]; the cipher suites of
+/// `tls.cipher_suites` (else [`DEFAULT_CIPHER_SUITES`]) in that order, which wins over the
+/// client's; no ALPN; no 0-RTT early data; no TLS 1.3 session tickets (see below). Client
+/// certificates are asked for (and verified, but not required) only when
+/// `auth.method = "certificate"` (see [`crate::client_cert::verifier`], which reads
 /// `auth.ca_file` and `auth.crl_files` here).
+///
+/// No session tickets: rustls keeps resumable sessions in a 256-entry memory cache, which a
+/// gateway with thousands of devices turns over long before a device reconnects, so the ticket
+/// every login would send (one more record and `send` each) would almost never be used. A
+/// reconnecting device presents its cookie instead (protocol doc §5), which skips the login.
 pub fn server_config(
     cert: &LoadedCert,
-    min: TlsVersion,
+    tls: &TlsConfig,
     auth: &crate::config::AuthConfig,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let versions: &[&'static rustls::SupportedProtocolVersion] = match min {
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match tls.min_version {
         TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::V1_3 => &[&rustls::version::TLS13],
     };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder =
-        rustls::ServerConfig::builder_with_provider(provider).with_protocol_versions(versions)?;
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    let names: Vec<&str> = if tls.cipher_suites.is_empty() {
+        DEFAULT_CIPHER_SUITES.to_vec()
+    } else {
+        tls.cipher_suites.iter().map(String::as_str).collect()
+    };
+    provider.cipher_suites = names.iter().filter_map(|n| cipher_suite(n)).collect();
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)?;
     let builder = match crate::client_cert::verifier(auth)? {
         Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
@@ -248,6 +288,8 @@ pub fn server_config(
     let mut config = builder.with_single_cert(cert.chain.clone(), cert.key.clone_key())?;
     config.max_early_data_size = 0;
     config.alpn_protocols = Vec::new();
+    config.ignore_client_order = true;
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
@@ -408,10 +450,12 @@ fn finish(
     }
 
     // rustls (ring) must be able to sign with the key.
-    rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| TlsError::UnsupportedKey {
-        field: files.key_field,
-        path: files.key_path.to_owned(),
-        reason: e.to_string(),
+    rustls::crypto::aws_lc_rs::sign::any_supported_type(&key).map_err(|e| {
+        TlsError::UnsupportedKey {
+            field: files.key_field,
+            path: files.key_path.to_owned(),
+            reason: e.to_string(),
+        }
     })?;
 
     let pin_sha256 = spki_pin(leaf).map_err(|e| bad_cert(e.to_string()))?;
@@ -783,7 +827,22 @@ mod tests {
         pin: &str,
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> Result<rustls::ProtocolVersion, rustls::Error> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        handshake_offering(server, pin, versions, &[]).map(|(v, _)| v)
+    }
+
+    /// [`handshake`] with a client offering the cipher suites `suites` in that order (all of
+    /// rustls' when empty); returns the version and the suite agreed.
+    fn handshake_offering(
+        server: Arc<rustls::ServerConfig>,
+        pin: &str,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        suites: &[&str],
+    ) -> Result<(rustls::ProtocolVersion, rustls::CipherSuite), rustls::Error> {
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        if !suites.is_empty() {
+            provider.cipher_suites = suites.iter().filter_map(|n| cipher_suite(n)).collect();
+        }
+        let provider = Arc::new(provider);
         let verifier = Arc::new(PinVerifier {
             pin: pin.to_owned(),
             provider: provider.clone(),
@@ -820,7 +879,8 @@ mod tests {
             }
             c.process_new_packets()?;
             if !c.is_handshaking() && !s.is_handshaking() {
-                return Ok(c.protocol_version().unwrap());
+                let suite = c.negotiated_cipher_suite().unwrap().suite();
+                return Ok((c.protocol_version().unwrap(), suite));
             }
         }
         panic!("handshake did not complete");
@@ -901,7 +961,7 @@ mod tests {
             let loaded = load_certificate(&config_pem(&files)).unwrap();
             assert_eq!(loaded.subject, "CN=vpn.test", "{label}");
             assert_eq!(loaded.chain.len(), 1);
-            let server = server_config(&loaded, TlsVersion::V1_2, &Default::default()).unwrap();
+            let server = server_config(&loaded, &Default::default(), &Default::default()).unwrap();
             assert_eq!(
                 handshake(server.clone(), &loaded.pin_sha256, &[&TLS13, &TLS12]).unwrap(),
                 rustls::ProtocolVersion::TLSv1_3,
@@ -923,7 +983,15 @@ mod tests {
             &key.private_key_to_pem_pkcs8().unwrap(),
         );
         let loaded = load_certificate(&config_pem(&files)).unwrap();
-        let server = server_config(&loaded, TlsVersion::V1_3, &Default::default()).unwrap();
+        let server = server_config(
+            &loaded,
+            &TlsConfig {
+                min_version: TlsVersion::V1_3,
+                ..Default::default()
+            },
+            &Default::default(),
+        )
+        .unwrap();
         assert!(handshake(server.clone(), &loaded.pin_sha256, &[&TLS12]).is_err());
         assert_eq!(
             handshake(server.clone(), &loaded.pin_sha256, &[&TLS13, &TLS12]).unwrap(),
@@ -931,6 +999,72 @@ mod tests {
         );
         assert_eq!(server.max_early_data_size, 0);
         assert!(server.alpn_protocols.is_empty());
+    }
+
+    #[test]
+    fn the_server_order_of_cipher_suites_wins_and_tls_cipher_suites_restricts_it() {
+        use rustls::CipherSuite as S;
+        let key = ec_key();
+        let files = write_pem(
+            &[&valid_cert("vpn.test", &key)],
+            &key.private_key_to_pem_pkcs8().unwrap(),
+        );
+        let loaded = load_certificate(&config_pem(&files)).unwrap();
+        let pin = loaded.pin_sha256.clone();
+        // openconnect (GnuTLS) offers AES-256-GCM first; the default order picks AES-128-GCM.
+        let offer = [
+            "TLS13_AES_256_GCM_SHA384",
+            "TLS13_CHACHA20_POLY1305_SHA256",
+            "TLS13_AES_128_GCM_SHA256",
+            "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+        ];
+        let server = server_config(&loaded, &Default::default(), &Default::default()).unwrap();
+        let agreed = |server: &Arc<rustls::ServerConfig>,
+                      versions: &[&'static rustls::SupportedProtocolVersion],
+                      offer: &[&str]| {
+            handshake_offering(server.clone(), &pin, versions, offer).map(|(_, s)| s)
+        };
+        assert_eq!(
+            agreed(&server, &[&TLS13], &offer).unwrap(),
+            S::TLS13_AES_128_GCM_SHA256
+        );
+        assert_eq!(
+            agreed(&server, &[&TLS12], &offer).unwrap(),
+            S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        );
+        // A client without AES-128 still gets the next suite of the server's order.
+        assert_eq!(
+            agreed(&server, &[&TLS13], &offer[..2]).unwrap(),
+            S::TLS13_AES_256_GCM_SHA384
+        );
+        // An operator's list: AES-256 only. A client offering nothing of it is refused.
+        let only256 = TlsConfig {
+            cipher_suites: vec![
+                "TLS13_AES_256_GCM_SHA384".into(),
+                "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384".into(),
+            ],
+            ..Default::default()
+        };
+        let server = server_config(&loaded, &only256, &Default::default()).unwrap();
+        assert_eq!(
+            agreed(&server, &[&TLS13], &offer).unwrap(),
+            S::TLS13_AES_256_GCM_SHA384
+        );
+        assert_eq!(
+            agreed(&server, &[&TLS12], &offer).unwrap(),
+            S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        );
+        assert!(agreed(&server, &[&TLS13], &["TLS13_AES_128_GCM_SHA256"]).is_err());
+        assert_eq!(server.send_tls13_tickets, 0);
+    }
+
+    #[test]
+    fn every_default_cipher_suite_is_known_to_the_provider() {
+        for name in DEFAULT_CIPHER_SUITES {
+            assert!(cipher_suite(name).is_some(), "{name}");
+        }
+        assert!(cipher_suite("TLS_RSA_WITH_AES_128_CBC_SHA").is_none());
     }
 
     #[test]
@@ -1184,7 +1318,7 @@ mod tests {
             .map(|d| name_to_string(X509::from_der(d.as_ref()).unwrap().subject_name()))
             .collect();
         assert_eq!(subjects, ["CN=vpn.test", "CN=Intermediate", "CN=Root"]);
-        let server = server_config(&loaded, TlsVersion::V1_2, &Default::default()).unwrap();
+        let server = server_config(&loaded, &Default::default(), &Default::default()).unwrap();
         handshake(server, &loaded.pin_sha256, &[&TLS13, &TLS12]).unwrap();
 
         // Inline password works too.
@@ -1250,7 +1384,7 @@ mod tests {
         let second = load_certificate(&c).unwrap();
         assert_eq!(first.pin_sha256, second.pin_sha256);
         handshake(
-            server_config(&second, TlsVersion::V1_2, &Default::default()).unwrap(),
+            server_config(&second, &Default::default(), &Default::default()).unwrap(),
             &second.pin_sha256,
             &[&TLS13, &TLS12],
         )

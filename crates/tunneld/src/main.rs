@@ -108,7 +108,7 @@ fn main() -> anyhow::Result<()> {
     if args.check {
         tunnel_gateway::tls::server_config(
             &tunnel_gateway::tls::load_certificate(&config)?,
-            config.tls.min_version,
+            &config.tls,
             &config.auth,
         )?;
         tunnel_gateway::users::UserDb::load_for(&config.auth)?;
