@@ -392,39 +392,45 @@ else
 } > "$OUT/machine.txt"
 fi
 
-for server in tunneld ocserv; do
-    [ "$SKIP_COMPARE" = 1 ] && break
+# The servers take turns (tunneld, ocserv, tunneld, ...) rather than one after the other, so that
+# a slow spell of this shared machine falls on both and not on one server's block of runs.
+if [ "$SKIP_COMPARE" != 1 ]; then
     for rep in $(seq 1 "$REPS"); do
-        start_server "$server"
-        bench "$server" "connect-$rep" connect -n "$N_IDLE" -c "$CONC"
-        # Two client processes: one alone saturates its core before either server does.
-        bench "$server" "throughput-$rep" throughput -n "$N_TPUT" -c "$CONC" --processes 2 --duration "$TPUT_SECS" --window 16 --size 1400
-        if [ "$DTLS_TPUT" = 1 ]; then
-            bench "$server" "throughput-dtls-$rep" throughput -n "$N_TPUT" -c "$CONC" --processes 2 --duration "$TPUT_SECS" --window 16 --size 1400 --dtls
-        fi
-        bench "$server" "storm-$rep" storm -n "$N_STORM" -c "$CONC" --mode cookie
-        stop_server
+        for server in tunneld ocserv; do
+            start_server "$server"
+            bench "$server" "connect-$rep" connect -n "$N_IDLE" -c "$CONC"
+            # Two client processes: one alone saturates its core before either server does.
+            bench "$server" "throughput-$rep" throughput -n "$N_TPUT" -c "$CONC" --processes 2 --duration "$TPUT_SECS" --window 16 --size 1400
+            if [ "$DTLS_TPUT" = 1 ]; then
+                bench "$server" "throughput-dtls-$rep" throughput -n "$N_TPUT" -c "$CONC" --processes 2 --duration "$TPUT_SECS" --window 16 --size 1400 --dtls
+            fi
+            bench "$server" "storm-$rep" storm -n "$N_STORM" -c "$CONC" --mode cookie
+            stop_server
+        done
     done
-    start_server "$server"
-    openconnect_run "$server" tls
-    stop_server
-    start_server "$server"
-    openconnect_run "$server" dtls
-    stop_server
+    for mode in tls dtls; do
+        for server in tunneld ocserv; do
+            start_server "$server"
+            openconnect_run "$server" "$mode"
+            stop_server
+        done
+    done
     if [ "$CERT_LOGINS" = 1 ]; then
         AUTH=certificate
         write_tunneld_config 0
         write_ocserv_config
         for rep in $(seq 1 "$REPS"); do
-            start_server "$server"
-            bench "$server" "certconnect-$rep" connect -n "$N_IDLE" -c "$CONC"
-            stop_server
+            for server in tunneld ocserv; do
+                start_server "$server"
+                bench "$server" "certconnect-$rep" connect -n "$N_IDLE" -c "$CONC"
+                stop_server
+            done
         done
         AUTH=password
         write_tunneld_config 0
         write_ocserv_config
     fi
-done
+fi
 
 for n in $SCALE; do
     start_server tunneld
@@ -452,7 +458,7 @@ if [ "$PERF" = 1 ] && command -v perf >/dev/null; then
     perf report -i "$OUT/perf.data" --no-children --sort comm,dso,symbol --comm tokio-rt-worker --stdio 2>/dev/null |
         grep -E '^ +[0-9]' | awk '{s=$1; sub("%","",s); t+=s;
             if ($0 ~ /sha2::sha512|sha_crypt|digest::/) h+=s;
-            else if ($0 ~ /ring_core|fiat|x25519|nistz|fe4_|fe_loose/) c+=s;
+            else if ($0 ~ /aws_lc|curve25519|ring_core|fiat|x25519|nistz|fe4_|fe_loose/) c+=s;
             else if ($0 ~ /\[k\]/) k+=s;
             else if ($0 ~ /libc/) l+=s }
             END { if (t > 0) printf "{\"password_hash\": %.1f, \"tls_crypto\": %.1f, \"kernel\": %.1f, \"libc\": %.1f, \"other\": %.1f}\n",
