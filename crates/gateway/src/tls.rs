@@ -975,14 +975,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn min_version_13_refuses_tls12_clients() {
+    /// An ECDSA P-256 certificate for vpn.test, loaded from PEM files as the daemon loads it.
+    fn loaded_ec_cert() -> LoadedCert {
         let key = ec_key();
         let files = write_pem(
             &[&valid_cert("vpn.test", &key)],
             &key.private_key_to_pem_pkcs8().unwrap(),
         );
-        let loaded = load_certificate(&config_pem(&files)).unwrap();
+        load_certificate(&config_pem(&files)).unwrap()
+    }
+
+    #[test]
+    fn min_version_13_refuses_tls12_clients() {
+        let loaded = loaded_ec_cert();
         let server = server_config(
             &loaded,
             &TlsConfig {
@@ -1004,12 +1009,7 @@ mod tests {
     #[test]
     fn the_server_order_of_cipher_suites_wins_and_tls_cipher_suites_restricts_it() {
         use rustls::CipherSuite as S;
-        let key = ec_key();
-        let files = write_pem(
-            &[&valid_cert("vpn.test", &key)],
-            &key.private_key_to_pem_pkcs8().unwrap(),
-        );
-        let loaded = load_certificate(&config_pem(&files)).unwrap();
+        let loaded = loaded_ec_cert();
         let pin = loaded.pin_sha256.clone();
         // openconnect (GnuTLS) offers AES-256-GCM first; the default order picks AES-128-GCM.
         let offer = [
