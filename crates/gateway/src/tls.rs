@@ -449,7 +449,7 @@ fn finish(
         });
     }
 
-    // rustls (ring) must be able to sign with the key.
+    // rustls (aws-lc-rs) must be able to sign with the key.
     rustls::crypto::aws_lc_rs::sign::any_supported_type(&key).map_err(|e| {
         TlsError::UnsupportedKey {
             field: files.key_field,
