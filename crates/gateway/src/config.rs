@@ -637,7 +637,11 @@ impl Config {
                 ),
             );
         } else if !t.cipher_suites.is_empty()
-            && !t.cipher_suites.iter().any(|n| n.starts_with("TLS13_"))
+            && !t
+                .cipher_suites
+                .iter()
+                .filter_map(|n| crate::tls::cipher_suite(n))
+                .any(|s| s.tls13().is_some())
         {
             v.err(
                 "tls.cipher_suites",

@@ -251,6 +251,14 @@ pub fn cipher_suite(name: &str) -> Option<rustls::SupportedCipherSuite> {
         .copied()
 }
 
+/// The suites of these names, in this order (names the provider lacks are skipped; config
+/// validation has refused them already).
+fn cipher_suites<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+) -> Vec<rustls::SupportedCipherSuite> {
+    names.into_iter().filter_map(cipher_suite).collect()
+}
+
 /// Builds the rustls server configuration: aws-lc-rs provider; TLS 1.3 and 1.2 (1.3 preferred),
 /// or 1.3 only when `tls.min_version` is [`TlsVersion::V1_3`]; the cipher suites of
 /// `tls.cipher_suites` (else [`DEFAULT_CIPHER_SUITES`]) in that order, which wins over the
@@ -273,12 +281,11 @@ pub fn server_config(
         TlsVersion::V1_3 => &[&rustls::version::TLS13],
     };
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-    let names: Vec<&str> = if tls.cipher_suites.is_empty() {
-        DEFAULT_CIPHER_SUITES.to_vec()
+    provider.cipher_suites = if tls.cipher_suites.is_empty() {
+        cipher_suites(DEFAULT_CIPHER_SUITES.iter().copied())
     } else {
-        tls.cipher_suites.iter().map(String::as_str).collect()
+        cipher_suites(tls.cipher_suites.iter().map(String::as_str))
     };
-    provider.cipher_suites = names.iter().filter_map(|n| cipher_suite(n)).collect();
     let builder = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(versions)?;
     let builder = match crate::client_cert::verifier(auth)? {
@@ -840,7 +847,7 @@ mod tests {
     ) -> Result<(rustls::ProtocolVersion, rustls::CipherSuite), rustls::Error> {
         let mut provider = rustls::crypto::aws_lc_rs::default_provider();
         if !suites.is_empty() {
-            provider.cipher_suites = suites.iter().filter_map(|n| cipher_suite(n)).collect();
+            provider.cipher_suites = cipher_suites(suites.iter().copied());
         }
         let provider = Arc::new(provider);
         let verifier = Arc::new(PinVerifier {
