@@ -232,6 +232,17 @@ fn dtls_comes_up_at_once_and_carries_ping_and_a_50mib_transfer() -> Result<()> {
         metric(&gw, "tunneld_dtls_handshakes_total", &[("result", "ok")])? >= 1.0,
         "no DTLS handshake counted"
     );
+    // The channel got its own connected UDP socket (dtls.socket_per_session, the default).
+    let own = metric(&gw, "tunneld_dtls_events_total", &[("event", "own_socket")])?;
+    let own_failed = metric(
+        &gw,
+        "tunneld_dtls_events_total",
+        &[("event", "own_socket_failed")],
+    )?;
+    ensure!(
+        own >= 1.0 && own_failed == 0.0,
+        "the DTLS channel has no socket of its own: own_socket {own}, own_socket_failed {own_failed}"
+    );
 
     let (up0, down0) = (dtls_packets(&gw, "up")?, dtls_packets(&gw, "down")?);
     client.ping(&topo, CORP_ADDR, 5)?;

@@ -320,6 +320,11 @@ pub struct DtlsConfig {
     /// Seconds without any valid DTLS record from a client after which the gateway sends that
     /// client's traffic over TLS again (ocserv's `switch-to-tcp-timeout`), at least 1. Default 25.
     pub switch_to_tcp_secs: u32,
+    /// Give each established DTLS channel its own UDP socket, bound to the listen port and
+    /// connected to the client, so the kernel hands each session its datagrams (as ocserv does).
+    /// Costs one open file per DTLS session. False: every session shares the listening socket and
+    /// one task sorts its datagrams. Default true.
+    pub socket_per_session: bool,
 }
 
 impl Default for DtlsConfig {
@@ -327,6 +332,7 @@ impl Default for DtlsConfig {
         Self {
             enabled: true,
             switch_to_tcp_secs: 25,
+            socket_per_session: true,
         }
     }
 }
@@ -1487,6 +1493,9 @@ dns = ["192.168.100.1", "192.168.100.53", "8.8.8.8", "fd00::1", "fd00::53", "0.0
         let c = Config::from_toml_str("[dtls]\nenabled = false\nswitch_to_tcp_secs = 7\n").unwrap();
         assert!(!c.dtls.enabled);
         assert_eq!(c.dtls.switch_to_tcp_secs, 7);
+        assert!(c.dtls.socket_per_session);
+        let shared = Config::from_toml_str("[dtls]\nsocket_per_session = false\n").unwrap();
+        assert!(!shared.dtls.socket_per_session);
         assert_eq!(
             invalid_fields("[dtls]\nswitch_to_tcp_secs = 0\n"),
             vec!["dtls.switch_to_tcp_secs"]

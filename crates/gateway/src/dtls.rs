@@ -1,13 +1,23 @@
-//! The DTLS (UDP) data channel (protocol doc §7): one UDP socket on `server.listen` for every
-//! session, a demultiplexer task that hands each datagram to its session, and the per-session DTLS
-//! 1.2 PSK endpoint that the session's tunnel task owns and drives.
+//! The DTLS (UDP) data channel (protocol doc §7): a listening UDP socket on `server.listen`, a
+//! demultiplexer task that hands each of its datagrams to its session, the per-session DTLS 1.2
+//! PSK endpoint that the session's tunnel task owns and drives, and (by default) one UDP socket per
+//! established channel, connected to the client.
 //!
 //! ```text
-//!  UDP socket ──recvmmsg/GRO──▶ demux task ──bounded queue per session──▶ tunnel task: DtlsLink
-//!      ▲                        (peer -> session;                          (OpenSSL, sans-IO)
-//!      └───── sendmsg/GSO ───── ClientHello App-ID -> session)  ◀── downstream CSTP frames
+//!  listening socket ─recvmmsg/GRO─▶ demux task ──bounded queue per session──▶ tunnel task: DtlsLink
+//!      ▲                           (peer -> session;                          (OpenSSL, sans-IO)
+//!      └──── sendmsg/GSO ───────── ClientHello App-ID -> session)                  │    ▲
+//!                                                                                  ▼    │
+//!  session's own socket (bound to the listen port, connected to the client) ◀─sendmsg/GSO, recvmmsg─
 //! ```
 //!
+//! * **Own sockets** (`dtls.socket_per_session`, as ocserv does). When a handshake completes, the
+//!   session opens a UDP socket with `SO_REUSEADDR` on the listening address and port and connects
+//!   it to the client. Linux prefers a connected socket to the listening one for that client's
+//!   datagrams, so from then on they reach the session's task directly: no demux task, no queue,
+//!   no wake-up of another task per batch. Datagrams already queued on the listening socket still
+//!   come through the demux, so nothing is lost at the switch. If the socket can't be opened (say,
+//!   no file left under the open-files limit) the channel keeps using the listening socket.
 //! * **Matching.** A datagram from a bound peer address goes to that peer's session. Anything else
 //!   must be a well-formed ClientHello whose `session_id` is a live App-ID (registered with its PSK
 //!   before the CONNECT reply is written); then the peer is bound to that session. Everything else
@@ -40,6 +50,7 @@ use openssl::ssl::{
     SslSessionCacheMode, SslStream, SslVersion,
 };
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -48,7 +59,10 @@ use tunnel_proto::dtls::{self as wire, HelloError, Payload, APP_ID_LEN};
 use tunnel_proto::mtu;
 use tunnel_proto::timers::DtlsDpd;
 
-use crate::metrics::{DtlsDrop, Metrics, DTLS_DPD_ANSWERED, DTLS_DPD_SENT, DTLS_OVERSIZE};
+use crate::metrics::{
+    DtlsDrop, Metrics, DTLS_DPD_ANSWERED, DTLS_DPD_SENT, DTLS_OVERSIZE, DTLS_OWN_SOCKET,
+    DTLS_OWN_SOCKET_FAILED,
+};
 
 /// The TLS exporter label openconnect derives the DTLS PSK with (§7.2).
 pub const PSK_LABEL: &[u8] = b"EXPORTER-openconnect-psk";
@@ -89,6 +103,17 @@ pub(crate) struct Inbound {
     data: Bytes,
 }
 
+/// Why a session's [`DtlsLink::recv`] returned: hand it to [`DtlsLink::receive`].
+#[derive(Debug)]
+pub(crate) enum Wake {
+    /// A datagram from the demux task.
+    Queued(Inbound),
+    /// The session's own socket has datagrams.
+    Socket,
+    /// The demux queue is closed (the DTLS server stopped).
+    Closed,
+}
+
 /// A live App-ID: which session it names and where its datagrams go.
 #[derive(Debug, Clone)]
 struct Registration {
@@ -106,6 +131,10 @@ pub(crate) enum Ctl {
         /// The peer address to unbind.
         peer: SocketAddr,
     },
+    /// A datagram from another peer that reached a session's own socket (in the moment between
+    /// its `bind` and `connect`, the kernel may pick it for any peer): the demux sorts it as if
+    /// the listening socket had received it.
+    Redispatch(Inbound),
 }
 
 /// The shared half of the DTLS channel: the socket, the OpenSSL context and the App-ID registry.
@@ -117,13 +146,14 @@ pub struct DtlsServer {
     registry: DashMap<[u8; APP_ID_LEN], Registration>,
     ctl: mpsc::UnboundedSender<Ctl>,
     metrics: Metrics,
-    port: u16,
+    /// The listening socket's address (the port clients are told).
+    local: SocketAddr,
 }
 
 impl std::fmt::Debug for DtlsServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DtlsServer")
-            .field("port", &self.port)
+            .field("local", &self.local)
             .field("app_ids", &self.registry.len())
             .finish_non_exhaustive()
     }
@@ -160,7 +190,12 @@ impl DtlsServer {
         addr: SocketAddr,
         metrics: Metrics,
     ) -> io::Result<(Arc<Self>, mpsc::UnboundedReceiver<Ctl>)> {
-        let socket = UdpSocket::bind(addr).await?;
+        // SO_REUSEADDR: sessions' own sockets bind the same address and port (see the module docs).
+        let std_socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        std_socket.set_reuse_address(true)?;
+        std_socket.set_nonblocking(true)?;
+        std_socket.bind(&addr.into())?;
+        let socket = UdpSocket::from_std(std_socket.into())?;
         let state = UdpSocketState::new((&socket).into())?;
         for r in [
             state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER),
@@ -172,7 +207,7 @@ impl DtlsServer {
         }
         let psk_index = Ssl::new_ex_index::<[u8; PSK_LEN]>().map_err(io::Error::other)?;
         let ctx = context(psk_index).map_err(io::Error::other)?;
-        let port = socket.local_addr()?.port();
+        let local = socket.local_addr()?;
         let (ctl, ctl_rx) = mpsc::unbounded_channel();
         tracing::info!(
             listen = %addr,
@@ -189,7 +224,7 @@ impl DtlsServer {
                 registry: DashMap::new(),
                 ctl,
                 metrics,
-                port,
+                local,
             }),
             ctl_rx,
         ))
@@ -197,7 +232,7 @@ impl DtlsServer {
 
     /// The UDP port clients are told (`X-DTLS-Port`).
     pub fn port(&self) -> u16 {
-        self.port
+        self.local.port()
     }
 
     /// Registers a fresh random App-ID for session `session_id` with its `psk`, before the CONNECT
@@ -246,13 +281,69 @@ impl DtlsServer {
         self.registry.get(key).map(|r| r.value().clone())
     }
 
-    /// Sends the datagrams in `out` (their lengths in `lens`) to `peer`, as few `sendmsg` calls as
-    /// GSO allows: a run of equal-sized datagrams (the last may be shorter) goes in one call.
-    async fn send(&self, peer: SocketAddr, local: Option<IpAddr>, out: &[u8], lens: &[usize]) {
+    /// `addr` as the listening socket reports its peers: IPv4-mapped when it is an IPv6 socket.
+    fn as_listened(&self, addr: SocketAddr) -> SocketAddr {
+        match addr.ip() {
+            IpAddr::V4(v4) if self.local.is_ipv6() => {
+                SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), addr.port())
+            }
+            _ => addr,
+        }
+    }
+
+    /// Opens a session's own socket for `peer`: bound to the listening port on the address the
+    /// peer sends to (`local`, from IP_PKTINFO, when listening on a wildcard address), connected
+    /// to the peer.
+    fn own_socket(&self, peer: SocketAddr, local: Option<IpAddr>) -> io::Result<OwnSocket> {
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let ip = if self.local.ip().is_unspecified() {
+            local.ok_or_else(|| io::Error::other("no destination address (IP_PKTINFO)"))?
+        } else {
+            self.local.ip()
+        }
+        .to_canonical();
+        if ip.is_ipv4() != peer.is_ipv4() {
+            return Err(io::Error::other("address families differ"));
+        }
+        let s = Socket::new(Domain::for_address(peer), Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_reuse_address(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&SocketAddr::new(ip, self.local.port()).into())?;
+        s.connect(&peer.into())?;
+        let socket = UdpSocket::from_std(s.into())?;
+        let state = UdpSocketState::new((&socket).into())?;
+        Ok(OwnSocket {
+            socket,
+            state,
+            peer,
+        })
+    }
+}
+
+/// A session's own UDP socket, connected to its client.
+#[derive(Debug)]
+struct OwnSocket {
+    socket: UdpSocket,
+    state: UdpSocketState,
+    /// The client, as the socket is connected to it (IPv4-mapped addresses unmapped).
+    peer: SocketAddr,
+}
+
+/// Sends the datagrams in `out` (their lengths in `lens`) to `peer` on `socket`, as few `sendmsg`
+/// calls as GSO allows: a run of equal-sized datagrams (the last may be shorter) goes in one call.
+async fn send_batch(
+    socket: &UdpSocket,
+    state: &UdpSocketState,
+    peer: SocketAddr,
+    local: Option<IpAddr>,
+    out: &[u8],
+    lens: &[usize],
+) {
+    {
         let mut off = 0;
         let mut i = 0;
         while let Some(&size) = lens.get(i) {
-            let max_segments = self.state.max_gso_segments().max(1);
+            let max_segments = state.max_gso_segments().max(1);
             let mut n = 1;
             let mut total = size;
             while n < max_segments {
@@ -278,13 +369,11 @@ impl DtlsServer {
                 src_ip: local,
             };
             let sent = loop {
-                if let Err(e) = self.socket.writable().await {
+                if let Err(e) = socket.writable().await {
                     tracing::warn!(error = %e, "UDP socket failed");
                     return;
                 }
-                match self.socket.try_io(Interest::WRITABLE, || {
-                    self.state.try_send((&self.socket).into(), &t)
-                }) {
+                match socket.try_io(Interest::WRITABLE, || state.try_send(socket.into(), &t)) {
                     Ok(()) => break true,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(e) => {
@@ -295,7 +384,7 @@ impl DtlsServer {
             };
             // A device without GSO fails the batch once and quinn-udp turns GSO off: send the same
             // datagrams again one by one instead of losing them.
-            if !sent && n > 1 && self.state.max_gso_segments() == 1 {
+            if !sent && n > 1 && state.max_gso_segments() == 1 {
                 continue;
             }
             off += total;
@@ -314,6 +403,26 @@ impl Arena {
     fn copy(&mut self, d: &[u8]) -> Bytes {
         copy_into(&mut self.buf, d, ARENA_CHUNK)
     }
+}
+
+/// `recvmmsg` calls a session makes on its own socket per wake-up before it yields.
+const OWN_RECV_CALLS: usize = 4;
+
+/// Receive buffers for sessions' own sockets, one set per thread: a session's task uses them only
+/// while it handles a wake-up, so the sessions of one thread share them.
+#[derive(Debug)]
+struct RecvScratch {
+    storage: Vec<u8>,
+    meta: [RecvMeta; quinn_udp::BATCH_SIZE],
+    arena: Arena,
+}
+
+thread_local! {
+    static RECV_SCRATCH: std::cell::RefCell<RecvScratch> = std::cell::RefCell::new(RecvScratch {
+        storage: Vec::new(),
+        meta: [RecvMeta::default(); quinn_udp::BATCH_SIZE],
+        arena: Arena::default(),
+    });
 }
 
 /// Appends `d` to the arena `buf` (a new `chunk`-sized allocation when it is full) and splits it
@@ -411,8 +520,13 @@ impl Demux {
         self.peers.retain(|_, r| !r.tx.is_closed());
     }
 
-    fn apply(&mut self, ctl: Ctl) {
+    /// Applies one message from a session; a redispatched datagram that reaches no session says
+    /// why.
+    fn apply(&mut self, server: &DtlsServer, ctl: Ctl, arena: &mut Arena) -> Result<(), DtlsDrop> {
         match ctl {
+            Ctl::Redispatch(inb) => {
+                return self.dispatch(server, inb.peer, inb.local, &inb.data, arena);
+            }
             Ctl::Forget { session_id, peer } => {
                 if self
                     .peers
@@ -423,6 +537,7 @@ impl Demux {
                 }
             }
         }
+        Ok(())
     }
 
     /// Bound peers (for tests and debugging).
@@ -447,7 +562,9 @@ pub(crate) async fn run_demux(server: Arc<DtlsServer>, mut ctl: mpsc::UnboundedR
             biased;
             c = ctl.recv() => match c {
                 Some(c) => {
-                    demux.apply(c);
+                    if let Err(reason) = demux.apply(&server, c, &mut arena) {
+                        server.metrics.dtls_drop(reason, 1);
+                    }
                     continue;
                 }
                 None => return,
@@ -462,7 +579,9 @@ pub(crate) async fn run_demux(server: Arc<DtlsServer>, mut ctl: mpsc::UnboundedR
             },
         }
         while let Ok(c) = ctl.try_recv() {
-            demux.apply(c);
+            if let Err(reason) = demux.apply(&server, c, &mut arena) {
+                server.metrics.dtls_drop(reason, 1);
+            }
         }
         for _ in 0..RECV_BATCH {
             let res = {
@@ -610,6 +729,8 @@ struct Endpoint {
     /// The `random` of the ClientHello that started it, to recognise late retransmits.
     hello_random: [u8; 32],
     stream: SslStream<Shim>,
+    /// Its own connected socket, once established (`dtls.socket_per_session`).
+    own: Option<OwnSocket>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -636,6 +757,8 @@ pub(crate) struct LinkParams {
     pub(crate) switch_after: Duration,
     /// The DTLS DPD interval announced in `X-DTLS-DPD` (zero: the gateway sends no DTLS DPD).
     pub(crate) dpd: Duration,
+    /// Open an own socket for the established channel (`dtls.socket_per_session`).
+    pub(crate) own_socket: bool,
 }
 
 /// What one inbound datagram did to the link, for the tunnel task's logs.
@@ -717,14 +840,121 @@ impl DtlsLink {
         self.active = false;
     }
 
-    /// Waits for the next datagram from the demux.
-    pub(crate) async fn recv(&mut self) -> Option<Inbound> {
-        self.rx.recv().await
+    /// Waits until there are datagrams for the link: from the demux, or on its own socket.
+    pub(crate) async fn recv(&mut self) -> Wake {
+        let Self {
+            rx, established, ..
+        } = self;
+        let queued = |r: Option<Inbound>| r.map_or(Wake::Closed, Wake::Queued);
+        match established.as_ref().and_then(|e| e.own.as_ref()) {
+            None => queued(rx.recv().await),
+            Some(own) => tokio::select! {
+                r = rx.recv() => queued(r),
+                // An error is the socket's to report: `receive` reads it.
+                _ = own.socket.readable() => Wake::Socket,
+            },
+        }
     }
 
-    /// The next datagram already queued, if any.
-    pub(crate) fn try_recv(&mut self) -> Option<Inbound> {
+    /// The next datagram the demux has queued, if any (tests).
+    #[cfg(test)]
+    fn try_recv(&mut self) -> Option<Inbound> {
         self.rx.try_recv().ok()
+    }
+
+    /// Handles what woke [`Self::recv`] and whatever else is ready, up to a batch: the demux's
+    /// queue, then the own socket. Decrypted IP packets are appended to `up`. Returns the last
+    /// event of the datagrams handled.
+    pub(crate) fn receive(
+        &mut self,
+        wake: Wake,
+        now: Instant,
+        up: &mut Vec<Bytes>,
+    ) -> Option<LinkEvent> {
+        let mut event = None;
+        let mut next = match wake {
+            Wake::Queued(inb) => Some(inb),
+            Wake::Socket => self.rx.try_recv().ok(),
+            Wake::Closed => return None,
+        };
+        let mut n = 0;
+        while let Some(inb) = next {
+            event = self.on_datagram(inb, now, up).or(event);
+            n += 1;
+            next = if n < RECV_BATCH {
+                self.rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        self.receive_own(now, up).or(event)
+    }
+
+    /// Reads the own socket until it would block (at most [`OWN_RECV_CALLS`] `recvmmsg` calls).
+    fn receive_own(&mut self, now: Instant, up: &mut Vec<Bytes>) -> Option<LinkEvent> {
+        let mut event = None;
+        RECV_SCRATCH.with_borrow_mut(|scratch| {
+            let RecvScratch {
+                storage,
+                meta,
+                arena,
+            } = scratch;
+            if storage.is_empty() {
+                // Zeroed pages from the allocator: only the pages datagrams land in get touched.
+                *storage = vec![0; RECV_SLOT * quinn_udp::BATCH_SIZE];
+            }
+            for _ in 0..OWN_RECV_CALLS {
+                let Some((peer, own)) = self
+                    .established
+                    .as_ref()
+                    .and_then(|e| Some((e.peer, e.own.as_ref()?)))
+                else {
+                    return;
+                };
+                let own_peer = own.peer;
+                let res = {
+                    let mut chunks = storage.chunks_mut(RECV_SLOT);
+                    let mut bufs: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
+                        std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+                    own.socket.try_io(Interest::READABLE, || {
+                        own.state.recv((&own.socket).into(), &mut bufs, meta)
+                    })
+                };
+                let n = match res {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) => {
+                        // ICMP errors from earlier sends (the client's port closed) surface here.
+                        tracing::debug!(session = self.session_id, error = %e, "UDP receive error");
+                        continue;
+                    }
+                };
+                for (m, slot) in meta.iter().zip(storage.chunks(RECV_SLOT)).take(n) {
+                    let Some(data) = slot.get(..m.len) else {
+                        continue;
+                    };
+                    let ours = m.addr.ip().to_canonical() == own_peer.ip()
+                        && m.addr.port() == own_peer.port();
+                    for d in data.chunks(m.stride.max(1)) {
+                        if ours {
+                            let inb = Inbound {
+                                peer,
+                                local: None,
+                                data: arena.copy(d),
+                            };
+                            event = self.on_datagram(inb, now, up).or(event);
+                        } else {
+                            let _ = self.server.ctl.send(Ctl::Redispatch(Inbound {
+                                peer: self.server.as_listened(m.addr),
+                                local: m.dst_ip,
+                                data: arena.copy(d),
+                            }));
+                        }
+                    }
+                }
+            }
+        });
+        event
     }
 
     fn forget(&self, peer: SocketAddr) {
@@ -750,6 +980,7 @@ impl DtlsLink {
             local,
             hello_random: hello_random(d),
             stream,
+            own: None,
         })
     }
 
@@ -864,6 +1095,23 @@ impl DtlsLink {
             .unwrap_or(usize::MAX)
             .saturating_sub(mtu::DTLS_GCM_OVERHEAD as usize);
         ep.data_mtu = data_mtu(ep.stream.ssl(), fallback);
+        if self.params.own_socket {
+            let event = match self.server.own_socket(peer, ep.local) {
+                Ok(own) => {
+                    ep.own = Some(own);
+                    DTLS_OWN_SOCKET
+                }
+                Err(e) => {
+                    tracing::debug!(session = self.session_id, %peer, error = %e, "no own UDP socket; using the listening socket");
+                    DTLS_OWN_SOCKET_FAILED
+                }
+            };
+            self.server
+                .metrics
+                .dtls_events
+                .with_label_values(&[event])
+                .inc();
+        }
         if let Some(old) = self.established.replace(ep) {
             if old.peer != peer {
                 self.forget(old.peer);
@@ -1014,10 +1262,32 @@ impl DtlsLink {
         .into_iter()
         .flatten()
         {
-            let (peer, local) = (ep.peer, ep.local);
             let shim = ep.stream.get_mut();
             if !shim.lens.is_empty() {
-                server.send(peer, local, &shim.out, &shim.lens).await;
+                match &ep.own {
+                    Some(own) => {
+                        send_batch(
+                            &own.socket,
+                            &own.state,
+                            own.peer,
+                            None,
+                            &shim.out,
+                            &shim.lens,
+                        )
+                        .await
+                    }
+                    None => {
+                        send_batch(
+                            &server.socket,
+                            &server.state,
+                            ep.peer,
+                            ep.local,
+                            &shim.out,
+                            &shim.lens,
+                        )
+                        .await
+                    }
+                }
                 shim.out.clear();
                 shim.lens.clear();
             }
@@ -1111,6 +1381,7 @@ mod tests {
             switch_after: Duration::from_secs(25),
             // No DTLS DPD unless a test asks for it.
             dpd: Duration::ZERO,
+            own_socket: false,
         }
     }
 
@@ -1215,10 +1486,16 @@ mod tests {
             .unwrap();
         assert_eq!(demux.len(), 1);
         // A Forget for another session changes nothing.
-        demux.apply(Ctl::Forget {
-            session_id: 9,
-            peer: addr(5000),
-        });
+        demux
+            .apply(
+                &srv,
+                Ctl::Forget {
+                    session_id: 9,
+                    peer: addr(5000),
+                },
+                &mut arena,
+            )
+            .unwrap();
         assert_eq!(demux.len(), 1);
         drop(a);
         assert!(srv.registry.is_empty(), "the App-ID dies with its link");
@@ -1619,6 +1896,157 @@ mod tests {
         assert_eq!(link.poll_timeout(silent), None);
         link.handle_timeout(silent + Duration::from_secs(60));
         assert_eq!(event(DTLS_DPD_SENT), sent);
+    }
+
+    /// A handshake and data both ways over real UDP on loopback, through the demux task; returns
+    /// how the link was woken for the upstream DATA datagram sent after the handshake.
+    async fn over_udp(own_socket: bool) -> (DtlsLink, Wake) {
+        let (srv, ctl) = server().await;
+        tokio::spawn(run_demux(Arc::clone(&srv), ctl));
+        let psk = [0x42; 32];
+        let p = LinkParams {
+            own_socket,
+            ..params()
+        };
+        let mut link = srv.register(1, psk, p);
+        let csock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // Connected: datagrams from any other source than the listening port are not received.
+        csock.connect(("127.0.0.1", srv.port())).await.unwrap();
+        let mut client = Client::new(&link.app_id(), psk, 0);
+        client.peer = csock.local_addr().unwrap();
+        let wait = Duration::from_secs(5);
+        let mut buf = vec![0u8; 65536];
+        let mut up = Vec::new();
+        let _ = client.stream.do_handshake();
+        for _ in 0..20 {
+            for d in client.take() {
+                csock.send(&d).await.unwrap();
+            }
+            if client.stream.ssl().is_init_finished() && link.is_active() {
+                break;
+            }
+            if !link.is_active() {
+                let wake = tokio::time::timeout(wait, link.recv()).await.unwrap();
+                assert!(
+                    matches!(wake, Wake::Queued(_)),
+                    "the handshake comes through the demux"
+                );
+                link.receive(wake, Instant::now(), &mut up);
+                link.flush().await;
+            }
+            while let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(100), csock.recv(&mut buf)).await
+            {
+                client.feed(Bytes::copy_from_slice(&buf[..n]));
+            }
+        }
+        assert!(client.stream.ssl().is_init_finished() && link.is_active());
+        assert_eq!(link.established.as_ref().unwrap().own.is_some(), own_socket);
+
+        let pkt = [
+            0x45u8, 0, 0, 20, 9, 9, 9, 9, 64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1,
+        ];
+        let mut rec = vec![0x00];
+        rec.extend_from_slice(&pkt);
+        for d in client.send(&rec) {
+            csock.send(&d).await.unwrap();
+        }
+        let wake = tokio::time::timeout(wait, link.recv()).await.unwrap();
+        let how = match &wake {
+            Wake::Queued(_) => Wake::Closed,
+            Wake::Socket => Wake::Socket,
+            Wake::Closed => panic!("demux queue closed"),
+        };
+        link.receive(wake, Instant::now(), &mut up);
+        assert_eq!(up.len(), 1);
+        assert_eq!(&up[0][..], &pkt[..]);
+
+        // Downstream leaves from the listening address and port (the client's socket is
+        // connected to it).
+        let mut frame = Vec::new();
+        cstp::encode(cstp::FrameType::Data, &pkt, &mut frame).unwrap();
+        assert!(link.encrypt_frame(&frame));
+        link.flush().await;
+        let n = tokio::time::timeout(wait, csock.recv(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(client.feed(Bytes::copy_from_slice(&buf[..n])), vec![rec]);
+        (link, how)
+    }
+
+    #[tokio::test]
+    async fn an_established_channel_gets_its_own_connected_socket_which_the_kernel_prefers() {
+        let (link, how) = over_udp(true).await;
+        assert!(
+            matches!(how, Wake::Socket),
+            "data after the handshake reaches the session's own socket, not the demux"
+        );
+        let events = &link.server.metrics.dtls_events;
+        assert_eq!(events.with_label_values(&[DTLS_OWN_SOCKET]).get(), 1);
+        assert_eq!(events.with_label_values(&[DTLS_OWN_SOCKET_FAILED]).get(), 0);
+    }
+
+    #[tokio::test]
+    async fn datagrams_of_other_peers_on_an_own_socket_are_sorted_by_the_demux() {
+        // Between its bind and connect, a session's new socket can receive anyone's datagrams.
+        // Stand in for that moment: an established link whose own socket is bound but not
+        // connected.
+        let (mut first, _) = over_udp(true).await;
+        let srv = Arc::clone(&first.server);
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.set_nonblocking(true).unwrap();
+        s.bind(&srv.local.into()).unwrap();
+        let socket = UdpSocket::from_std(s.into()).unwrap();
+        let state = UdpSocketState::new((&socket).into()).unwrap();
+        let ep = first.established.as_mut().unwrap();
+        let peer = ep.peer;
+        ep.own = Some(OwnSocket {
+            socket,
+            state,
+            peer,
+        });
+
+        // A second session's ClientHello, from another client.
+        let mut second = srv.register(2, [7; 32], params());
+        let other = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        other.connect(srv.local).await.unwrap();
+        let hello = hello(&second.app_id());
+        other.send(&hello).await.unwrap();
+
+        let wait = Duration::from_secs(5);
+        let mut up = Vec::new();
+        // Linux picks the newest of two equally good sockets: the unconnected own socket. The
+        // first session hands the datagram to the demux, and the second session gets it, from the
+        // right peer, through its queue.
+        let mut via_own = false;
+        let got = loop {
+            tokio::select! {
+                w = first.recv() => {
+                    assert!(matches!(w, Wake::Socket), "nothing else is sent to the first session");
+                    via_own = true;
+                    first.receive(w, Instant::now(), &mut up);
+                }
+                w = second.recv() => break w,
+                () = tokio::time::sleep(wait) => panic!("the ClientHello was lost"),
+            }
+        };
+        let Wake::Queued(inb) = got else {
+            panic!("not queued by the demux")
+        };
+        assert_eq!(inb.peer, other.local_addr().unwrap());
+        assert_eq!(&inb.data[..], &hello[..]);
+        assert!(via_own, "the datagram reached the own socket");
+        assert!(up.is_empty());
+    }
+
+    #[tokio::test]
+    async fn without_socket_per_session_everything_goes_through_the_listening_socket() {
+        let (link, how) = over_udp(false).await;
+        assert!(matches!(how, Wake::Closed), "queued by the demux");
+        let events = &link.server.metrics.dtls_events;
+        assert_eq!(events.with_label_values(&[DTLS_OWN_SOCKET]).get(), 0);
     }
 
     #[tokio::test]

@@ -54,8 +54,20 @@ pub const DTLS_DPD_SENT: &str = "dpd_request_sent";
 /// `event` of `tunneld_dtls_events_total`: a DTLS DPD response arrived (an answer to the
 /// gateway's request).
 pub const DTLS_DPD_ANSWERED: &str = "dpd_response_received";
+/// `event` of `tunneld_dtls_events_total`: an established DTLS channel got its own UDP socket,
+/// connected to the client (`dtls.socket_per_session`).
+pub const DTLS_OWN_SOCKET: &str = "own_socket";
+/// `event` of `tunneld_dtls_events_total`: that socket could not be opened (e.g. no file left
+/// under the open-files limit); the channel uses the shared listening socket instead.
+pub const DTLS_OWN_SOCKET_FAILED: &str = "own_socket_failed";
 /// Every `event` of `tunneld_dtls_events_total`.
-const DTLS_EVENTS: [&str; 3] = [DTLS_OVERSIZE, DTLS_DPD_SENT, DTLS_DPD_ANSWERED];
+const DTLS_EVENTS: [&str; 5] = [
+    DTLS_OVERSIZE,
+    DTLS_DPD_SENT,
+    DTLS_DPD_ANSWERED,
+    DTLS_OWN_SOCKET,
+    DTLS_OWN_SOCKET_FAILED,
+];
 
 /// Why a UDP datagram was dropped before or instead of reaching a DTLS session. The `reason` label
 /// of `tunneld_dtls_datagrams_dropped_total`.

@@ -75,8 +75,8 @@ fn upstream(
     }
 }
 
-/// Waits for the next datagram of the session's DTLS link; never resolves without one.
-async fn recv_dtls(link: &mut Option<DtlsLink>) -> Option<crate::dtls::Inbound> {
+/// Waits for datagrams of the session's DTLS link; never resolves without a link.
+async fn recv_dtls(link: &mut Option<DtlsLink>) -> crate::dtls::Wake {
     match link {
         Some(l) => l.recv().await,
         None => std::future::pending().await,
@@ -158,6 +158,7 @@ pub(crate) async fn run(
                                 cfg.dtls.switch_to_tcp_secs.max(1),
                             )),
                             dpd: Duration::from_secs(u64::from(cfg.timers.dpd_secs)),
+                            own_socket: cfg.dtls.socket_per_session,
                         },
                     ))
                 }
@@ -398,19 +399,13 @@ pub(crate) async fn run(
                 }
                 sleep.as_mut().reset(timers.poll_timeout().map_or_else(far, tokio::time::Instant::from_std));
             }
-            inb = recv_dtls(&mut dtls) => {
-                let (Some(inb), Some(link)) = (inb, dtls.as_mut()) else { continue };
+            wake = recv_dtls(&mut dtls) => {
+                let Some(link) = dtls.as_mut() else { continue };
                 let now = Instant::now();
-                let mut next = Some(inb);
-                let mut n = 0;
-                while let Some(inb) = next {
-                    if let Some(LinkEvent::Established { peer: udp_peer }) =
-                        link.on_datagram(inb, now, &mut up_batch)
-                    {
-                        tracing::debug!(parent: &span, %udp_peer, "DTLS up");
-                    }
-                    n += 1;
-                    next = if n < crate::dtls::RECV_BATCH { link.try_recv() } else { None };
+                if let Some(LinkEvent::Established { peer: udp_peer }) =
+                    link.receive(wake, now, &mut up_batch)
+                {
+                    tracing::debug!(parent: &span, %udp_peer, "DTLS up");
                 }
                 link.flush().await;
                 let (packets, bytes) = link.take_up_counts();
