@@ -303,7 +303,7 @@ pub(crate) struct ChannelParams {
     pub(crate) keepalive: Option<Duration>,
 }
 
-/// One DTLS channel, sans-IO. Datagrams to send wait in it until [`Self::take_datagram`].
+/// One DTLS channel, sans-IO. Datagrams to send wait in it until [`Self::datagrams`].
 pub(crate) struct DtlsChannel {
     stream: SslStream<Shim>,
     params: ChannelParams,
@@ -383,19 +383,18 @@ impl DtlsChannel {
         }
     }
 
-    /// The next datagram to send, if any; call [`Self::sent`] after sending it.
-    pub(crate) fn next_datagram(&self) -> Option<&[u8]> {
-        let shim = self.stream.get_ref();
-        let len = *shim.lens.front()?;
-        shim.out.get(..len)
+    /// Every datagram waiting to be sent: their bytes back to back, and their lengths. Call
+    /// [`Self::sent_all`] once they are sent.
+    pub(crate) fn datagrams(&mut self) -> (&[u8], &[usize]) {
+        let shim = self.stream.get_mut();
+        (&shim.out, shim.lens.make_contiguous())
     }
 
-    /// The datagram returned by [`Self::next_datagram`] was sent (or given up on).
-    pub(crate) fn sent(&mut self) {
+    /// The datagrams returned by [`Self::datagrams`] were sent (or given up on).
+    pub(crate) fn sent_all(&mut self) {
         let shim = self.stream.get_mut();
-        if let Some(len) = shim.lens.pop_front() {
-            shim.out.drain(..len.min(shim.out.len()));
-        }
+        shim.out.clear();
+        shim.lens.clear();
     }
 
     /// True if datagrams wait to be sent.
@@ -623,11 +622,16 @@ mod tests {
     }
 
     fn client_out(c: &mut DtlsChannel) -> Vec<Vec<u8>> {
-        let mut v = vec![];
-        while let Some(d) = c.next_datagram() {
-            v.push(d.to_vec());
-            c.sent();
-        }
+        let (out, lens) = c.datagrams();
+        let mut off = 0;
+        let v = lens
+            .iter()
+            .map(|&l| {
+                off += l;
+                out[off - l..off].to_vec()
+            })
+            .collect();
+        c.sent_all();
         v
     }
 

@@ -14,11 +14,13 @@
 //! in [`Tunnel::dtls_status`] and the socket is closed.
 
 use std::collections::VecDeque;
-use std::io::Write as _;
+use std::io::{IoSliceMut, Write as _};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use tokio::io::Interest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_rustls::client::TlsStream;
@@ -31,15 +33,24 @@ use crate::dtls::{
 };
 use crate::error::ClientError;
 
-/// Datagrams read from the UDP socket per wake-up at most.
-const UDP_BATCH: usize = 64;
-/// Largest datagram read (anything longer is cut, and then fails its record check).
-const MAX_DATAGRAM: usize = 64 * 1024;
+/// `recvmmsg` calls per wake-up at most (each takes up to `quinn_udp::BATCH_SIZE` datagrams).
+const UDP_RECV_CALLS: usize = 4;
+/// Bytes per receive slot: with GRO one slot can hold up to 64 KiB of coalesced datagrams.
+const RECV_SLOT: usize = 64 * 1024;
+
+/// Receive buffers, one set per thread, shared by every tunnel on it (filled and used without an
+/// await in between).
+struct RecvBufs {
+    storage: Vec<u8>,
+    meta: [RecvMeta; quinn_udp::BATCH_SIZE],
+}
 
 thread_local! {
-    /// One receive buffer per thread, shared by every tunnel on it (filled and used without an
-    /// await in between).
-    static RECV_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; MAX_DATAGRAM]);
+    static RECV_BUFS: std::cell::RefCell<RecvBufs> = std::cell::RefCell::new(RecvBufs {
+        // Zeroed pages from the allocator: only the pages datagrams land in get touched.
+        storage: vec![0; RECV_SLOT * quinn_udp::BATCH_SIZE],
+        meta: [RecvMeta::default(); quinn_udp::BATCH_SIZE],
+    });
 }
 
 /// Which channel a frame came over.
@@ -75,6 +86,10 @@ pub(crate) struct DtlsRequest {
 #[derive(Debug)]
 struct DtlsIo {
     sock: UdpSocket,
+    /// GSO sends and `recvmmsg`/GRO receives.
+    state: UdpSocketState,
+    /// The server's UDP address, which `sock` is connected to.
+    peer: SocketAddr,
     chan: DtlsChannel,
 }
 
@@ -99,11 +114,11 @@ fn start_dtls(
     let local = tcp.local_addr().map_err(sock_err)?;
     let server = tcp.peer_addr().map_err(sock_err)?;
     let std_sock = std::net::UdpSocket::bind(SocketAddr::new(local.ip(), 0)).map_err(sock_err)?;
-    std_sock
-        .connect(SocketAddr::new(server.ip(), offer.port))
-        .map_err(sock_err)?;
+    let peer = SocketAddr::new(server.ip(), offer.port);
+    std_sock.connect(peer).map_err(sock_err)?;
     std_sock.set_nonblocking(true).map_err(sock_err)?;
     let sock = UdpSocket::from_std(std_sock).map_err(sock_err)?;
+    let state = UdpSocketState::new((&sock).into()).map_err(sock_err)?;
     let secs = |s: u32| (s > 0).then(|| Duration::from_secs(u64::from(s)));
     let chan = DtlsChannel::start(
         &offer.app_id,
@@ -116,7 +131,58 @@ fn start_dtls(
         },
         Instant::now(),
     )?;
-    Ok(DtlsIo { sock, chan })
+    Ok(DtlsIo {
+        sock,
+        state,
+        peer,
+        chan,
+    })
+}
+
+/// Sends the datagrams in `out` (lengths `lens`) on the connected `sock`, in as few `sendmsg`
+/// calls as GSO allows ([`tunnel_proto::dtls::gso_batch`]).
+async fn send_batches(
+    sock: &UdpSocket,
+    state: &UdpSocketState,
+    peer: SocketAddr,
+    out: &[u8],
+    lens: &[usize],
+) -> Result<(), DtlsFailure> {
+    let (mut off, mut i) = (0, 0);
+    while let Some(rest) = lens.get(i..) {
+        let Some(&size) = rest.first() else { break };
+        let (n, total) = tunnel_proto::dtls::gso_batch(rest, state.max_gso_segments().max(1));
+        let Some(contents) = out.get(off..off + total) else {
+            break;
+        };
+        let t = Transmit {
+            destination: peer,
+            ecn: None,
+            contents,
+            segment_size: (n > 1).then_some(size),
+            src_ip: None,
+        };
+        let res = loop {
+            sock.writable()
+                .await
+                .map_err(|e| DtlsFailure::Io(e.to_string()))?;
+            match sock.try_io(Interest::WRITABLE, || state.try_send(sock.into(), &t)) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                r => break r,
+            }
+        };
+        if let Err(e) = res {
+            // A path without GSO fails the batch once and quinn-udp turns GSO off: send the same
+            // datagrams again one by one.
+            if n > 1 && state.max_gso_segments() == 1 {
+                continue;
+            }
+            return Err(DtlsFailure::Io(e.to_string()));
+        }
+        off += total;
+        i += n;
+    }
+    Ok(())
 }
 
 /// What woke [`Tunnel::read`].
@@ -265,21 +331,33 @@ impl Tunnel {
         let Some(d) = self.dtls.as_mut() else { return };
         let now = Instant::now();
         let mut change = None;
-        RECV_BUF.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            for _ in 0..UDP_BATCH {
-                match d.sock.try_recv(&mut buf) {
-                    Ok(n) => {
-                        let Some(dgram) = buf.get(..n) else { break };
-                        change = d.chan.on_datagram(dgram, now, &mut self.dtls_packets);
-                        if matches!(change, Some(ChannelChange::Failed(_))) {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+        RECV_BUFS.with_borrow_mut(|RecvBufs { storage, meta }| {
+            for _ in 0..UDP_RECV_CALLS {
+                let res = {
+                    let mut chunks = storage.chunks_mut(RECV_SLOT);
+                    let mut bufs: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
+                        std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+                    d.sock.try_io(Interest::READABLE, || {
+                        d.state.recv((&d.sock).into(), &mut bufs, meta)
+                    })
+                };
+                let n = match res {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                     Err(e) => {
                         change = Some(ChannelChange::Failed(DtlsFailure::Io(e.to_string())));
-                        break;
+                        return;
+                    }
+                };
+                for (m, slot) in meta.iter().zip(storage.chunks(RECV_SLOT)).take(n) {
+                    let Some(data) = slot.get(..m.len) else {
+                        continue;
+                    };
+                    for dgram in data.chunks(m.stride.max(1)) {
+                        change = d.chan.on_datagram(dgram, now, &mut self.dtls_packets);
+                        if matches!(change, Some(ChannelChange::Failed(_))) {
+                            return;
+                        }
                     }
                 }
             }
@@ -290,14 +368,14 @@ impl Tunnel {
     /// Sends the datagrams the DTLS channel has produced.
     async fn dtls_send(&mut self) {
         let Some(d) = self.dtls.as_mut() else { return };
-        let mut failed = None;
-        while let Some(dgram) = d.chan.next_datagram() {
-            if let Err(e) = d.sock.send(dgram).await {
-                failed = Some(DtlsFailure::Io(e.to_string()));
-                break;
-            }
-            d.chan.sent();
+        if !d.chan.has_datagrams() {
+            return;
         }
+        let (out, lens) = d.chan.datagrams();
+        let failed = send_batches(&d.sock, &d.state, d.peer, out, lens)
+            .await
+            .err();
+        d.chan.sent_all();
         if let Some(f) = failed {
             self.dtls_fail(f);
         }

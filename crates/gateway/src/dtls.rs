@@ -85,8 +85,6 @@ const SESSION_ARENA_CHUNK: usize = 16 * 1024;
 const MAX_PLAINTEXT: usize = 16 * 1024 + 1024;
 /// How often the demux forgets peers of sessions that ended while their datagrams were queued.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
-/// Largest UDP payload sent in one GSO call.
-const MAX_GSO_BYTES: usize = 64000;
 /// Socket buffer sizes asked for (the kernel caps them at `net.core.{r,w}mem_max`).
 const SOCKET_BUFFER: usize = 4 << 20;
 /// `recvmmsg` calls per wake-up of the demux task before it yields (and datagrams a session
@@ -342,22 +340,11 @@ async fn send_batch(
     {
         let mut off = 0;
         let mut i = 0;
-        while let Some(&size) = lens.get(i) {
-            let max_segments = state.max_gso_segments().max(1);
-            let mut n = 1;
-            let mut total = size;
-            while n < max_segments {
-                match lens.get(i + n) {
-                    Some(&l) if l <= size && total + l <= MAX_GSO_BYTES => {
-                        total += l;
-                        n += 1;
-                        if l < size {
-                            break;
-                        }
-                    }
-                    _ => break,
-                }
-            }
+        while let Some(rest) = lens.get(i..) {
+            let Some(&size) = rest.first() else {
+                return;
+            };
+            let (n, total) = wire::gso_batch(rest, state.max_gso_segments().max(1));
             let Some(contents) = out.get(off..off + total) else {
                 return;
             };

@@ -188,8 +188,48 @@ pub fn dpd_response(request: &[u8], out: &mut Vec<u8>) {
     encode(FrameType::DpdResponse, request, out);
 }
 
+/// Largest UDP payload handed to the kernel in one GSO send.
+pub const MAX_GSO_BYTES: usize = 64000;
+
+/// The next GSO batch from a queue of datagrams of lengths `lens`: how many datagrams, and their
+/// total bytes. A batch is a run of datagrams of the first one's size (the last may be shorter,
+/// as UDP GSO allows), at most `max_segments` of them and [`MAX_GSO_BYTES`] in all; always at
+/// least one datagram when `lens` is not empty, `(0, 0)` when it is.
+pub fn gso_batch(lens: &[usize], max_segments: usize) -> (usize, usize) {
+    let Some(&size) = lens.first() else {
+        return (0, 0);
+    };
+    let (mut n, mut total) = (1, size);
+    for &l in lens.iter().skip(1) {
+        if n >= max_segments || l > size || total + l > MAX_GSO_BYTES {
+            break;
+        }
+        total += l;
+        n += 1;
+        if l < size {
+            break;
+        }
+    }
+    (n, total)
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn gso_batches_are_runs_of_one_size_ending_at_most_one_shorter_datagram() {
+        assert_eq!(gso_batch(&[], 64), (0, 0));
+        assert_eq!(gso_batch(&[100], 64), (1, 100));
+        assert_eq!(gso_batch(&[100, 100, 60, 100], 64), (3, 260));
+        // A longer datagram starts the next batch.
+        assert_eq!(gso_batch(&[100, 100, 200], 64), (2, 200));
+        assert_eq!(gso_batch(&[100; 10], 4), (4, 400));
+        assert_eq!(gso_batch(&[100; 10], 1), (1, 100));
+        // At most MAX_GSO_BYTES in one send.
+        let (n, total) = gso_batch(&[1400; 64], 64);
+        assert_eq!((n, total), (45, 63000));
+        assert!(total <= MAX_GSO_BYTES);
+    }
     use super::*;
     use crate::testutil::mutations;
 
