@@ -924,9 +924,11 @@ impl DtlsLink {
                         && m.addr.port() == own_peer.port();
                     for d in data.chunks(m.stride.max(1)) {
                         if ours {
+                            // The address it was sent to (IP_PKTINFO) goes along: a new handshake
+                            // from this peer needs it to open its own socket.
                             let inb = Inbound {
                                 peer,
-                                local: None,
+                                local: m.dst_ip,
                                 data: arena.copy(d),
                             };
                             event = self.on_datagram(inb, now, up).or(event);
