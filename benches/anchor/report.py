@@ -92,8 +92,12 @@ def server_metrics(out, server):
     m["procs"] = med([get(r, "server", "after_connect", "processes") for r in conn])
     cc = runs(out, server, "certconnect")
     m["cert_up_all"] = all(get(r, "connect", "up") == get(r, "connect", "attempted") for r in cc) if cc else None
-    m["cert_n"] = med([get(r, "connect", "attempted") for r in cc])
     m["cert_setup_rate"] = med([get(r, "connect", "setups_per_s") for r in cc])
+    cg = runs(out, server, "certgoal")
+    m["certgoal_n"] = med([get(r, "connect", "attempted") for r in cg])
+    m["certgoal_per_cpu"] = med([get(r, "server", "setups_per_cpu_s") for r in cg])
+    m["certgoal_all"] = sorted(get(r, "server", "setups_per_cpu_s") for r in cg)
+    m["certgoal_up_all"] = all(get(r, "connect", "up") == get(r, "connect", "attempted") for r in cg) if cg else None
     m["cert_setups_per_cpu"] = med([get(r, "server", "setups_per_cpu_s") for r in cc])
     m["cert_setup_p50"] = med([get(r, "connect", "setup_ms", "p50_ms") for r in cc])
     td = runs(out, server, "throughput-dtls")
@@ -187,8 +191,7 @@ def main():
     row("full setups per server CPU-second", "setups_per_cpu", "higher")
     row("setup latency p50 (ms)", "setup_p50", "lower", 2)
     row("setup latency p99 (ms)", "setup_p99", "lower", 2)
-    n_cert = int(ours.get("cert_n") or 0)
-    row(f"certificate: session setup rate, {n_cert} sessions (sessions/s)", "cert_setup_rate", "higher")
+    row(f"certificate: session setup rate, {n_idle} sessions (sessions/s)", "cert_setup_rate", "higher")
     row("certificate: full setups per server CPU-second", "cert_setups_per_cpu", "higher")
     row("certificate: setup latency p50 (ms)", "cert_setup_p50", "lower", 2)
     row(f"server memory per idle session, PSS (KiB), {n_idle} sessions", "pss_session", "lower")
@@ -257,6 +260,8 @@ def main():
     p()
     spc = ours.get("setups_per_cpu")
     cspc = ours.get("cert_setups_per_cpu")
+    gspc = ours.get("certgoal_per_cpu")
+    gn = int(ours.get("certgoal_n") or 0)
     pss_max = get(best, "server", "pss_per_session_kib") if best else ours.get("pss_session")
     cpg = ours.get("tput_cores_per_gbit")
     cpg_o = theirs.get("tput_cores_per_gbit")
@@ -271,12 +276,14 @@ def main():
     def cpg_pair(key):
         return f"{fmt(ours.get(key), 2)} vs {fmt(theirs.get(key), 2)}"
 
-    all_up = bool(ours.get("up_all")) and ours.get("cert_up_all") is not False and all(
+    all_up = bool(ours.get("up_all")) and ours.get("cert_up_all") is not False and ours.get("certgoal_up_all") is not False and all(
         get(r, "connect", "up") == get(r, "connect", "attempted") for r in scale)
     goals = [
         (">= 3,000 full session setups per second per core",
-         f"{fmt(spc)} per server CPU-second with a password check, {fmt(cspc)} with a device certificate",
-         (spc is not None and spc >= 3000) or (cspc is not None and cspc >= 3000)),
+         f"{fmt(spc)} per server CPU-second with a password check, {fmt(cspc)} with a device certificate"
+         + (f" ({fmt(gspc)} over {gn:,} certificate logins, median of {len(ours.get('certgoal_all') or [])}: "
+            f"{', '.join(fmt(x) for x in ours.get('certgoal_all') or [])})" if gspc is not None else ""),
+         (spc is not None and spc >= 3000) or (gspc if gspc is not None else cspc or 0) >= 3000),
         ("<= 24 KiB server memory per idle session", f"{fmt(pss_max)} KiB (PSS, largest N measured)", pss_max is not None and pss_max <= 24),
         ("server CPU per Gbit/s at most a third of ocserv's",
          f"cores per Gbit/s, tunneld vs ocserv: harness {cpg_pair('tput_cores_per_gbit')} (DTLS {cpg_pair('dtls_tput_cores_per_gbit')}); "
@@ -310,7 +317,13 @@ def main():
     if cspc is not None:
         p(f"* **Certificate logins.** Without a password to check, a login is a TLS 1.3 handshake with a")
         p(f"  device certificate plus the CONNECT: tunneld makes {fmt(cspc)} per server CPU-second, ocserv")
-        p(f"  {fmt(theirs.get('cert_setups_per_cpu'))}. A `perf` profile taken by hand (not part of this run; RSA 2048 device")
+        p(f"  {fmt(theirs.get('cert_setups_per_cpu'))} ({n_idle:,} logins each).")
+        if gspc is not None:
+            p(f"  Measured over {gn:,} logins (tunneld alone: 1,000 logins are only about 35 ticks of the 10 ms")
+            p(f"  CPU clock the harness reads), tunneld makes {fmt(gspc)}; this is the goal's figure. ocserv is")
+            p("  not compared at that N: its cost per login grows with the sessions it already holds (126 per")
+            p("  CPU-second over 3,000 logins in one trial run, against 662 over 1,000).")
+        p("  A `perf` profile taken by hand (not part of this run; RSA 2048 device")
         p("  certificates, 3,000 logins) puts about 15% of such a login in checking the device certificate")
         p("  (two RSA signature checks and the chain), 12% in the X25519 exchange, 5% in the server's")
         p("  P-256 signature, 11% in TCP sends (most of it the client's receive work, counted to the")
