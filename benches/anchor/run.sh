@@ -33,8 +33,8 @@
 #                     a certificate login costs it about 0.3 ms, so N_IDLE=1000 of them are only
 #                     ~35 ticks of the 10 ms CPU clock; 3,000 measure its setups per CPU-second
 #                     (the goal) three times finer. Not side by side: ocserv's cost per login grows
-#                     with the sessions it holds (126 per CPU-second at 3,000 in one run, against
-#                     662 at 1,000), so its ratio is taken at N_IDLE
+#                     with the sessions it holds (126 per CPU-second at 3,000 in one trial run,
+#                     662-893 at 1,000), so its ratio is taken at N_IDLE
 #
 # Everything runs inside network namespaces this script creates (tba<pid>-dev, -gw, -corp) and
 # removes on exit; traffic goes only between them. Needs root, /dev/net/tun, ocserv, openconnect,
