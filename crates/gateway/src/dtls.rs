@@ -337,46 +337,44 @@ async fn send_batch(
     out: &[u8],
     lens: &[usize],
 ) {
-    {
-        let mut off = 0;
-        let mut i = 0;
-        while let Some(rest) = lens.get(i..) {
-            let Some(&size) = rest.first() else {
+    let mut off = 0;
+    let mut i = 0;
+    while let Some(rest) = lens.get(i..) {
+        let Some(&size) = rest.first() else {
+            return;
+        };
+        let (n, total) = wire::gso_batch(rest, state.max_gso_segments().max(1));
+        let Some(contents) = out.get(off..off + total) else {
+            return;
+        };
+        let t = Transmit {
+            destination: peer,
+            ecn: None,
+            contents,
+            segment_size: (n > 1).then_some(size),
+            src_ip: local,
+        };
+        let sent = loop {
+            if let Err(e) = socket.writable().await {
+                tracing::warn!(error = %e, "UDP socket failed");
                 return;
-            };
-            let (n, total) = wire::gso_batch(rest, state.max_gso_segments().max(1));
-            let Some(contents) = out.get(off..off + total) else {
-                return;
-            };
-            let t = Transmit {
-                destination: peer,
-                ecn: None,
-                contents,
-                segment_size: (n > 1).then_some(size),
-                src_ip: local,
-            };
-            let sent = loop {
-                if let Err(e) = socket.writable().await {
-                    tracing::warn!(error = %e, "UDP socket failed");
-                    return;
-                }
-                match socket.try_io(Interest::WRITABLE, || state.try_send(socket.into(), &t)) {
-                    Ok(()) => break true,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "UDP send failed");
-                        break false;
-                    }
-                }
-            };
-            // A device without GSO fails the batch once and quinn-udp turns GSO off: send the same
-            // datagrams again one by one instead of losing them.
-            if !sent && n > 1 && state.max_gso_segments() == 1 {
-                continue;
             }
-            off += total;
-            i += n;
+            match socket.try_io(Interest::WRITABLE, || state.try_send(socket.into(), &t)) {
+                Ok(()) => break true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "UDP send failed");
+                    break false;
+                }
+            }
+        };
+        // A device without GSO fails the batch once and quinn-udp turns GSO off: send the same
+        // datagrams again one by one instead of losing them.
+        if !sent && n > 1 && state.max_gso_segments() == 1 {
+            continue;
         }
+        off += total;
+        i += n;
     }
 }
 
