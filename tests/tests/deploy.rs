@@ -108,6 +108,9 @@ fn install_in_a_scratch_root_then_uninstall_leaves_it_as_it_was() -> Result<()> 
     );
     let sysctl = fs::read_to_string(root.path().join("etc/sysctl.d/90-tunneld.conf"))?;
     ensure!(sysctl.lines().any(|l| l == "net.ipv4.ip_forward = 1"));
+    for cap in ["net.core.rmem_max = 4194304", "net.core.wmem_max = 4194304"] {
+        ensure!(sysctl.lines().any(|l| l == cap), "{cap} missing");
+    }
     let modules = fs::read_to_string(root.path().join("etc/modules-load.d/tunneld.conf"))?;
     ensure!(modules.lines().any(|l| l == "tun") && modules.lines().any(|l| l == "ip_tables"));
     let config = fs::read_to_string(root.path().join("etc/tunneld/tunneld.toml"))?;

@@ -87,6 +87,10 @@ const MAX_PLAINTEXT: usize = 16 * 1024 + 1024;
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 /// Socket buffer sizes asked for (the kernel caps them at `net.core.{r,w}mem_max`).
 const SOCKET_BUFFER: usize = 4 << 20;
+/// Buffer sizes asked for on a session's own socket. The kernel's default receive buffer (about
+/// 208 KiB, some 50 datagrams by their kernel size) overflowed at one client's full speed
+/// whenever the session's task waited a moment for a core; a limit costs nothing until used.
+const OWN_SOCKET_BUFFER: usize = 1 << 20;
 /// `recvmmsg` calls per wake-up of the demux task before it yields (and datagrams a session
 /// takes from its queue per wake-up).
 pub(crate) const RECV_BATCH: usize = 64;
@@ -195,14 +199,7 @@ impl DtlsServer {
         std_socket.bind(&addr.into())?;
         let socket = UdpSocket::from_std(std_socket.into())?;
         let state = UdpSocketState::new((&socket).into())?;
-        for r in [
-            state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER),
-            state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER),
-        ] {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "cannot enlarge the UDP socket buffers");
-            }
-        }
+        enlarge_buffers(&socket, &state, SOCKET_BUFFER);
         let psk_index = Ssl::new_ex_index::<[u8; PSK_LEN]>().map_err(io::Error::other)?;
         let ctx = context(psk_index).map_err(io::Error::other)?;
         let local = socket.local_addr()?;
@@ -310,11 +307,25 @@ impl DtlsServer {
         s.connect(&peer.into())?;
         let socket = UdpSocket::from_std(s.into())?;
         let state = UdpSocketState::new((&socket).into())?;
+        enlarge_buffers(&socket, &state, OWN_SOCKET_BUFFER);
         Ok(OwnSocket {
             socket,
             state,
             peer,
         })
+    }
+}
+
+/// Asks for `size`-byte receive and send buffers on `socket`; the kernel caps them at
+/// `net.core.{r,w}mem_max`, and a refusal only costs speed, so it is logged at debug level.
+fn enlarge_buffers(socket: &UdpSocket, state: &UdpSocketState, size: usize) {
+    for r in [
+        state.set_recv_buffer_size(socket.into(), size),
+        state.set_send_buffer_size(socket.into(), size),
+    ] {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "cannot enlarge the UDP socket buffers");
+        }
     }
 }
 
@@ -1972,6 +1983,23 @@ mod tests {
         let events = &link.server.metrics.dtls_events;
         assert_eq!(events.with_label_values(&[DTLS_OWN_SOCKET]).get(), 1);
         assert_eq!(events.with_label_values(&[DTLS_OWN_SOCKET_FAILED]).get(), 0);
+        // Its receive buffer is enlarged like the listening socket's: the kernel's default
+        // overflowed at one client's full speed. Linux doubles the size asked for, up to
+        // twice `net.core.rmem_max`.
+        let own = link.established.as_ref().unwrap().own.as_ref().unwrap();
+        let got = socket2::SockRef::from(&own.socket)
+            .recv_buffer_size()
+            .unwrap();
+        let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(got, 2 * OWN_SOCKET_BUFFER.min(rmem_max));
+        assert!(
+            rmem_max <= 212_992 || got > 2 * 212_992,
+            "the buffer is larger than the kernel's default"
+        );
     }
 
     #[tokio::test]

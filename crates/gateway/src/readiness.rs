@@ -301,6 +301,9 @@ pub fn run(config: &Config, opts: &Options, host: &Host) -> Report {
             "net.ipv6.conf.all.forwarding",
         ));
     }
+    if config.dtls.enabled {
+        checks.push(check_udp_buffers(host));
+    }
     checks.push(check_tun(host));
     checks.push(check_nat(config, host));
     checks.push(check_container_runtime(opts, host));
@@ -337,6 +340,46 @@ fn check_forwarding(host: &Host, id: &str, rel: &str, sysctl: &str) -> Check {
             fix,
         ),
         Err(e) => Check::fail(id, format!("cannot read {}: {e}", path.display()), fix),
+    }
+}
+
+/// The largest socket buffer the DTLS sockets ask for (the listening socket's; sessions' own
+/// sockets ask for less).
+const UDP_BUFFER_WANTED: u64 = 4 << 20;
+
+/// `net.core.rmem_max` and `wmem_max` must let the DTLS sockets have the buffers they ask for: at
+/// the stock cap a session's socket overflows when its client sends at full speed.
+fn check_udp_buffers(host: &Host) -> Check {
+    const ID: &str = "udp_buffers";
+    let fix = format!(
+        "run `sysctl -w net.core.rmem_max={UDP_BUFFER_WANTED} net.core.wmem_max={UDP_BUFFER_WANTED}` and keep both in /etc/sysctl.d/90-tunneld.conf (deploy/sysctl.d/90-tunneld.conf has them; in a container, set them on the host)"
+    );
+    let mut low = Vec::new();
+    for name in ["rmem_max", "wmem_max"] {
+        let path = host.proc_sys.join("net/core").join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(v) => match v.trim().parse::<u64>() {
+                Ok(n) if n >= UDP_BUFFER_WANTED => {}
+                Ok(n) => low.push(format!("net.core.{name} = {n}")),
+                Err(_) => low.push(format!("net.core.{name} = {:?} (not a number)", v.trim())),
+            },
+            Err(e) => low.push(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+    if low.is_empty() {
+        Check::pass(
+            ID,
+            format!("net.core.rmem_max and wmem_max allow the {UDP_BUFFER_WANTED}-byte DTLS socket buffers"),
+        )
+    } else {
+        Check::warn(
+            ID,
+            format!(
+                "{}: DTLS sockets get smaller buffers than they ask for, and drop datagrams when a client sends at full speed",
+                low.join(", ")
+            ),
+            fix,
+        )
     }
 }
 

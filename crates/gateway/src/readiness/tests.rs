@@ -287,6 +287,45 @@ fn ipv6_forward_is_checked_only_with_an_ipv6_pool() {
 }
 
 #[test]
+fn udp_buffer_caps_below_what_dtls_asks_for_warn_and_only_with_dtls() {
+    let f = Files::new();
+    f.write("sys/net/core/rmem_max", b"4194304\n");
+    f.write("sys/net/core/wmem_max", b"8388608\n");
+    assert_status(
+        &report_for(Config::default(), &f),
+        "udp_buffers",
+        Status::Pass,
+    );
+    // The stock cap.
+    f.write("sys/net/core/rmem_max", b"212992\n");
+    let c = assert_status(
+        &report_for(Config::default(), &f),
+        "udp_buffers",
+        Status::Warn,
+    );
+    assert!(
+        c.summary.contains("net.core.rmem_max = 212992"),
+        "{}",
+        c.summary
+    );
+    assert!(!c.summary.contains("wmem_max"), "{}", c.summary);
+    assert!(c
+        .fix
+        .unwrap()
+        .contains("sysctl -w net.core.rmem_max=4194304"));
+    std::fs::remove_file(f.dir.path().join("sys/net/core/wmem_max")).unwrap();
+    let c = assert_status(
+        &report_for(Config::default(), &f),
+        "udp_buffers",
+        Status::Warn,
+    );
+    assert!(c.summary.contains("cannot read"), "{}", c.summary);
+    let mut no_dtls = Config::default();
+    no_dtls.dtls.enabled = false;
+    assert!(report_for(no_dtls, &f).get("udp_buffers").is_none());
+}
+
+#[test]
 fn tun_device_node_passes_wrong_or_missing_node_fails() {
     let f = Files::new();
     let mut host = f.host();
