@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{ensure, Result};
 use e2e::bench::{add_source_addresses, run_bench, run_smoke, BenchRun, Login};
 use e2e::certs::DeviceCa;
+use e2e::process::Background;
 use e2e::{Gateway, GatewayConfig, Topology, CORP_ADDR};
 
 const USER: &str = "bench";
@@ -234,6 +235,71 @@ fn throughput_accounts_for_every_probe_both_ways() -> Result<()> {
         up_after - up_before >= sent,
         "gateway counted {} packets up, harness sent {sent}",
         up_after - up_before
+    );
+    Ok(())
+}
+
+#[test]
+fn throughput_with_udp_probes_is_answered_by_the_echo_service_and_fits_the_mtu() -> Result<()> {
+    let topo = Topology::standard()?;
+    // A tunnel MTU below the harness's largest packet size (1400).
+    let gw = Gateway::start(
+        &topo,
+        GatewayConfig::new()
+            .user(USER, PASSWORD)
+            .set("network.mtu", 1300),
+    )?;
+    let sources = add_source_addresses(&topo, "dev", 100, 4)?;
+    let bin = e2e::gateway::tunnel_bench_bin()?;
+    let listen = format!("{CORP_ADDR}:7");
+    let mut echo = Background::spawn(
+        topo.command_in("corp", &bin.display().to_string())?
+            .args(["echo", "--listen", &listen]),
+        topo.dir().join("echo.log"),
+    )?;
+    // The harness is asked for more than the tunnel MTU: it must send packets of at most the MTU
+    // the server announced, so that none is fragmented on its way.
+    let run = bench(
+        &topo,
+        &gw,
+        &sources,
+        "throughput",
+        &[
+            "--duration",
+            "2",
+            "--pushers",
+            "50",
+            "--window",
+            "8",
+            "--size",
+            "1400",
+            "--udp-port",
+            "7",
+        ],
+    )?;
+    ensure!(
+        echo.try_wait()?.is_none(),
+        "the echo service exited: {}",
+        echo.log()
+    );
+    ensure_all_up(&run)?;
+    let sent = run.num("/action/probes_sent");
+    ensure!(sent > 50.0 * 8.0, "too few probes: {}", run.output);
+    ensure!(
+        run.num("/action/probes_received") == sent,
+        "probes lost: {}",
+        run.output
+    );
+    // Every echo comes back whole: as many bytes back as sent, all in MTU-sized packets.
+    ensure!(
+        run.num("/action/bytes_received") == run.num("/action/bytes_sent"),
+        "echoes came back short: {}",
+        run.output
+    );
+    ensure!(
+        run.num("/action/bytes_sent") == sent * 1300.0,
+        "probes are not 1300-byte packets: {}",
+        run.output
     );
     Ok(())
 }

@@ -63,7 +63,7 @@ enum Scenario {
         /// Probes in flight per pushing session.
         #[arg(long, default_value_t = 16)]
         window: u32,
-        /// IP packet size in bytes.
+        /// IP packet size in bytes (at most the tunnel MTU each session was given).
         #[arg(long, default_value_t = 1000)]
         size: u32,
     },
@@ -86,6 +86,13 @@ enum Scenario {
         /// The server's pid.
         #[arg(long)]
         pid: u32,
+    },
+    /// Answer UDP probes (the far end of `--udp-port`): send every datagram back to its sender,
+    /// one per call, as a plain UDP service does. Runs until killed.
+    Echo {
+        /// Address and port to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
     },
     /// Internal: one worker process (started by the others).
     #[command(hide = true)]
@@ -235,6 +242,7 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string(&s)?);
             return Ok(());
         }
+        Scenario::Echo { listen } => return echo(listen),
         Scenario::Connect { common } => (common, None, "connect"),
         Scenario::Hold {
             common,
@@ -304,6 +312,25 @@ fn main() -> Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// The UDP echo service: every datagram goes back to its sender, payload unchanged (a probe
+/// carries its own sequence number and timestamp).
+fn echo(listen: SocketAddr) -> Result<()> {
+    let sock =
+        std::net::UdpSocket::bind(listen).with_context(|| format!("binding UDP {listen}"))?;
+    // Room for the bursts a hundred sessions send at once (the kernel caps it at
+    // net.core.rmem_max); what still overflows shows up as unanswered probes.
+    let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(4 << 20);
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, from) = sock.recv_from(&mut buf).context("UDP receive")?;
+        let Some(payload) = buf.get(..n) else {
+            continue;
+        };
+        // A full send buffer or an unreachable sender loses this one answer, as on a network.
+        let _ = sock.send_to(payload, from);
+    }
 }
 
 #[cfg(test)]

@@ -776,12 +776,15 @@ impl Live {
     }
 
     async fn throughput(&mut self, secs: f64, window: u32, size: u32) -> SessionReport {
+        // Never larger than the tunnel MTU the server announced (X-CSTP-MTU, which covers DTLS
+        // too): a larger reply would reach the server fragmented, which no real client causes.
+        let mtu = self.tunnel.as_ref().map_or(size, |t| t.reply().mtu);
         self.probes = ProbeBuilder::new(
             self.ctx.probe_kind(self.idx),
             self.addr,
             self.ctx.spec.target,
             self.idx,
-            size as usize,
+            size.min(mtu) as usize,
         );
         let start = TInstant::now();
         let until = start + Duration::from_secs_f64(secs.max(0.0));
