@@ -24,6 +24,10 @@
 #   WRITE_DOCS [1]    regenerate docs/benchmarks.md from the results
 #   DTLS_TPUT [1]     also run the harness throughput scenario with --dtls (DTLS 1.2 PSK, as
 #                     openconnect uses by default) against both servers (throughput-dtls-*.json)
+#   UDP_TPUT [1]      also run the harness throughput scenario (CSTP and, with DTLS_TPUT, DTLS)
+#                     with UDP probes to a plain UDP echo service on the corp host
+#                     (`tunnel-bench echo`, one datagram per call), beside the ICMP echo runs:
+#                     flows of datagrams, as applications send them (throughput-udp[-dtls]-*.json)
 #   CERT_LOGINS [1]   also measure certificate logins: a device CA issues bench0.. certificates
 #                     (DEVICE_KEY [rsa:2048], the key Intune's SCEP/PKCS profiles issue); tunneld
 #                     auth.method = "certificate", ocserv auth = "certificate" with
@@ -58,6 +62,7 @@ WRITE_DOCS="${WRITE_DOCS:-1}"
 MICRO="${MICRO:-1}"
 PERF="${PERF:-1}"
 DTLS_TPUT="${DTLS_TPUT:-1}"
+UDP_TPUT="${UDP_TPUT:-1}"
 CERT_LOGINS="${CERT_LOGINS:-1}"
 CERT_N="${CERT_N:-3000}"
 DEVICE_KEY="${DEVICE_KEY:-rsa:2048}"
@@ -220,6 +225,13 @@ write_ocserv_config() {
     # many sessions from few addresses); no session or client caps; the cipher order of tunneld's
     # tls.cipher_suites default (AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305; server's order wins),
     # where GnuTLS's NORMAL would pick AES-256-GCM.
+    # MTU: tunneld's `mtu = 1400` is the tunnel MTU over both transports. ocserv's `mtu` is the
+    # link MTU it takes its overheads from: it announces mtu - 28 over TLS and mtu - 66 with DTLS
+    # (IP, UDP, DTLS record, CSTP header), checked with openconnect here. OCSERV_MTU [1466] gives
+    # ocserv's DTLS sessions 1400 and its TLS-only sessions 1438, so the harness's 1400-byte
+    # packets fit both transports; the openconnect runs over TLS use 1428 (1400 over TLS), so
+    # iperf3's TCP segments are the same size through both servers. (With ocserv at 1400 its
+    # sessions got 1372 / 1334, and 1400-byte probe replies were fragmented on their way in.)
     cat > "$OUT/ocserv.conf" <<CONF
 auth = "plain[passwd=$OUT/users]"
 listen-host = $GW_ADDR
@@ -255,7 +267,7 @@ predictable-ips = true
 ipv4-network = 198.19.0.0
 ipv4-netmask = 255.255.0.0
 route = 198.18.2.0/255.255.255.0
-mtu = 1400
+mtu = ${OCSERV_MTU:-1466}
 ping-leases = false
 cisco-client-compat = true
 dtls-legacy = false
@@ -381,6 +393,10 @@ openconnect_run() {
 topology
 make_credentials
 [ "$CERT_LOGINS" = 1 ] && make_device_certs
+if [ "$UDP_TPUT" = 1 ]; then
+    # The UDP echo service for --udp-port; cleanup kills it with everything in the namespaces.
+    in_ns "$CORP" "$BENCH" echo --listen "$CORP_ADDR:7" >>"$LOG" 2>&1 &
+fi
 write_tunneld_config 0
 write_ocserv_config
 
@@ -395,7 +411,7 @@ else
     echo "kernel: $(uname -r)"
     echo "ocserv: $(ocserv --version 2>&1 | head -1)"
     echo "openconnect: $(openconnect --version 2>&1 | head -1)"
-    echo "params: USERS=$USERS REPS=$REPS N_IDLE=$N_IDLE CONC=$CONC N_TPUT=$N_TPUT TPUT_SECS=$TPUT_SECS N_STORM=$N_STORM SCALE=\"$SCALE\" SCALE_MT=\"$SCALE_MT\" IPERF_SECS=$IPERF_SECS DTLS_TPUT=$DTLS_TPUT CERT_LOGINS=$CERT_LOGINS CERT_N=$CERT_N DEVICE_KEY=$DEVICE_KEY"
+    echo "params: USERS=$USERS REPS=$REPS N_IDLE=$N_IDLE CONC=$CONC N_TPUT=$N_TPUT TPUT_SECS=$TPUT_SECS N_STORM=$N_STORM SCALE=\"$SCALE\" SCALE_MT=\"$SCALE_MT\" IPERF_SECS=$IPERF_SECS DTLS_TPUT=$DTLS_TPUT UDP_TPUT=$UDP_TPUT CERT_LOGINS=$CERT_LOGINS CERT_N=$CERT_N DEVICE_KEY=$DEVICE_KEY"
 } > "$OUT/machine.txt"
 fi
 
@@ -411,17 +427,28 @@ if [ "$SKIP_COMPARE" != 1 ]; then
             if [ "$DTLS_TPUT" = 1 ]; then
                 bench "$server" "throughput-dtls-$rep" throughput -n "$N_TPUT" -c "$CONC" --processes 2 --duration "$TPUT_SECS" --window 16 --size 1400 --dtls
             fi
+            if [ "$UDP_TPUT" = 1 ]; then
+                bench "$server" "throughput-udp-$rep" throughput -n "$N_TPUT" -c "$CONC" --processes 2 --duration "$TPUT_SECS" --window 16 --size 1400 --udp-port 7
+                if [ "$DTLS_TPUT" = 1 ]; then
+                    bench "$server" "throughput-udp-dtls-$rep" throughput -n "$N_TPUT" -c "$CONC" --processes 2 --duration "$TPUT_SECS" --window 16 --size 1400 --udp-port 7 --dtls
+                fi
+            fi
             bench "$server" "storm-$rep" storm -n "$N_STORM" -c "$CONC" --mode cookie
             stop_server
         done
     done
     for mode in tls dtls; do
+        # ocserv's tunnel MTU is 1400 over either transport (see write_ocserv_config).
+        if [ "$mode" = tls ]; then OCSERV_MTU=1428; else OCSERV_MTU=1466; fi
+        write_ocserv_config
         for server in tunneld ocserv; do
             start_server "$server"
             openconnect_run "$server" "$mode"
             stop_server
         done
     done
+    unset OCSERV_MTU
+    write_ocserv_config
     if [ "$CERT_LOGINS" = 1 ]; then
         AUTH=certificate
         write_tunneld_config 0
