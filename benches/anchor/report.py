@@ -420,7 +420,7 @@ def main():
         p("  Retransmitted segments cost both servers CPU that the cores-per-Gbit/s rows do not count as")
         p("  moved. Two causes were found by hand (`nstat` in the namespaces, not part of this run):")
         p("  - DTLS download: datagrams are lost in openconnect's UDP socket (`UdpRcvbufErrors` in the")
-        p("    device's namespace: about 18% of them with tunneld, 2% with ocserv). tunneld sends what")
+        p("    device's namespace: about 18% of them with tunneld; 2% with ocserv, then at MTU 1334). tunneld sends what")
         p("    one TUN read brings (a GSO batch of up to about 45 datagrams) in one burst, faster than")
         p("    openconnect, which writes each packet to its TUN, drains its default 208 KiB buffer;")
         p("    ocserv's one send per packet paces itself. A slower link to a real device spreads a burst.")
