@@ -491,6 +491,7 @@ def main():
     p("tunnel-bench hold       --server ... --user bench -n 10000 --duration 60 --trickle-ms 1000 --target 198.18.2.10")
     p("tunnel-bench throughput --server ... --user bench -n 100 --duration 10 --window 16 --size 1000 --target 198.18.2.10")
     p("tunnel-bench storm      --server ... --user bench -n 1000 --mode cookie   # or --mode reauth")
+    p("tunnel-bench echo --listen 198.18.2.10:7   # on the corp host: the far end of throughput --udp-port 7")
     p("```")
     p()
     p("`tunnel-bench --help` lists every option; `--json FILE` writes the full report, `--check` exits")
