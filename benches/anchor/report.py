@@ -411,6 +411,14 @@ def main():
     p("  service (`tunnel-bench echo`, one datagram per call, as plain UDP services answer): tunneld")
     p("  merges a flow's datagrams into one TUN write (UDP GSO on the TUN), and the echo's replies are")
     p("  forwarded in the echo's own process. Real traffic is flows (TCP, QUIC, media), not pings.")
+    icmp_o = theirs.get("tput_cores_per_gbit")
+    if icmp_o is not None:
+        p("  A `perf` profile of tunneld in the ICMP run over TLS (by hand, not part of this run; 0.51")
+        p("  cores per Gbit/s) puts 53% of its CPU inside its TUN writes (softirq included: the forwarding")
+        p("  and the corp host's ICMP replies, 20% alone) and 7% in its TUN reads: per-packet kernel work")
+        p("  that ocserv's one TUN write and read per packet pays the same. That is about 0.30 cores per")
+        p(f"  Gbit/s, so against ocserv's {fmt(icmp_o, 2)} no user-space design that writes each ICMP packet to")
+        p("  the TUN can reach a third in this workload; the UDP runs show what merging a flow's packets does.")
     rt = [(k, ours.get(k), theirs.get(k)) for k in
           ("iperf_up_retrans", "iperf_down_retrans", "dtls_iperf_up_retrans", "dtls_iperf_down_retrans")]
     if any(a is not None and b is not None and a > b for _, a, b in rt):
