@@ -196,26 +196,21 @@ fn hold_keeps_every_session_with_dpd_answered_and_no_probe_lost() -> Result<()> 
     Ok(())
 }
 
-#[test]
-fn throughput_accounts_for_every_probe_both_ways() -> Result<()> {
-    let (topo, gw, sources) = setup()?;
-    let up_before = gw.metric_or_zero("tunneld_packets_total", &[("direction", "up")])?;
-    let run = bench(
-        &topo,
-        &gw,
-        &sources,
-        "throughput",
-        &[
-            "--duration",
-            "2",
-            "--pushers",
-            "50",
-            "--window",
-            "8",
-            "--size",
-            "1000",
-        ],
-    )?;
+/// The throughput scenario, 2 s with 50 of the sessions pushing 8 probes in flight each, plus
+/// `args`; checks that every session came up and every probe was answered. Returns the run and
+/// the probes sent.
+fn push(
+    topo: &Topology,
+    gw: &Gateway,
+    sources: &[String],
+    args: &[&str],
+) -> Result<(BenchRun, f64)> {
+    let all = [
+        &["--duration", "2", "--pushers", "50", "--window", "8"][..],
+        args,
+    ]
+    .concat();
+    let run = bench(topo, gw, sources, "throughput", &all)?;
     ensure_all_up(&run)?;
     let sent = run.num("/action/probes_sent");
     ensure!(sent > 50.0 * 8.0, "too few probes: {}", run.output);
@@ -224,6 +219,14 @@ fn throughput_accounts_for_every_probe_both_ways() -> Result<()> {
         "probes lost: {}",
         run.output
     );
+    Ok((run, sent))
+}
+
+#[test]
+fn throughput_accounts_for_every_probe_both_ways() -> Result<()> {
+    let (topo, gw, sources) = setup()?;
+    let up_before = gw.metric_or_zero("tunneld_packets_total", &[("direction", "up")])?;
+    let (run, sent) = push(&topo, &gw, &sources, &["--size", "1000"])?;
     ensure!(
         run.report["action"]["per_session_mbit"]
             .as_array()
@@ -259,37 +262,13 @@ fn throughput_with_udp_probes_is_answered_by_the_echo_service_and_fits_the_mtu()
     )?;
     // The harness is asked for more than the tunnel MTU: it must send packets of at most the MTU
     // the server announced, so that none is fragmented on its way.
-    let run = bench(
-        &topo,
-        &gw,
-        &sources,
-        "throughput",
-        &[
-            "--duration",
-            "2",
-            "--pushers",
-            "50",
-            "--window",
-            "8",
-            "--size",
-            "1400",
-            "--udp-port",
-            "7",
-        ],
-    )?;
+    let pushed = push(&topo, &gw, &sources, &["--size", "1400", "--udp-port", "7"]);
     ensure!(
         echo.try_wait()?.is_none(),
         "the echo service exited: {}",
         echo.log()
     );
-    ensure_all_up(&run)?;
-    let sent = run.num("/action/probes_sent");
-    ensure!(sent > 50.0 * 8.0, "too few probes: {}", run.output);
-    ensure!(
-        run.num("/action/probes_received") == sent,
-        "probes lost: {}",
-        run.output
-    );
+    let (run, sent) = pushed?;
     // Every echo comes back whole: as many bytes back as sent, all in MTU-sized packets.
     ensure!(
         run.num("/action/bytes_received") == run.num("/action/bytes_sent"),
