@@ -213,8 +213,8 @@ fn dtls_comes_up_at_once_and_carries_ping_and_a_50mib_transfer() -> Result<()> {
     let mut client = Client::connect(&topo, &gw, dtls_client())?;
     let log = client.log();
     ensure!(
-        log.contains("Established DTLS connection") && log.contains("(DTLS1.2)-(PSK)-"),
-        "openconnect did not log a DTLS 1.2 PSK connection:\n{}",
+        log.contains("Established DTLS connection") && log.contains("(DTLS1.2)-(PSK)-(AES-128-GCM)"),
+        "openconnect did not log a DTLS 1.2 PSK connection with AES-128-GCM (the server's first choice):\n{}",
         tail(&log, 30)
     );
     let secs = connect_to_tunnel_up(&gw, &client)?;

@@ -68,8 +68,10 @@ use crate::metrics::{
 pub const PSK_LABEL: &[u8] = b"EXPORTER-openconnect-psk";
 /// Length of the PSK.
 pub const PSK_LEN: usize = 32;
-/// The PSK cipher suites offered, best first; openconnect offers all three (§7.3, §14).
-pub const CIPHERS: &str = "PSK-AES256-GCM-SHA384:PSK-CHACHA20-POLY1305:PSK-AES128-GCM-SHA256";
+/// The PSK cipher suites offered, best first (the server's order wins); openconnect offers all
+/// three (§7.3, §14). AES-128-GCM first, as in the TLS default order: with AES-NI it seals a
+/// 1,400-byte record about a tenth faster than AES-256-GCM.
+pub const CIPHERS: &str = "PSK-AES128-GCM-SHA256:PSK-AES256-GCM-SHA384:PSK-CHACHA20-POLY1305";
 /// Datagrams queued from the demux to one session before further ones are dropped.
 const SESSION_QUEUE: usize = 1024;
 /// A handshake that has not completed this long after its ClientHello fails.
@@ -1719,7 +1721,7 @@ mod tests {
         assert!(link.is_active());
         assert_eq!(
             client.stream.ssl().current_cipher().unwrap().name(),
-            "PSK-AES256-GCM-SHA384"
+            "PSK-AES128-GCM-SHA256"
         );
         assert_eq!(client.stream.ssl().version_str(), "DTLSv1.2");
 
@@ -1789,7 +1791,7 @@ mod tests {
         let now = Instant::now();
         handshake(&mut client, &mut link, now);
         assert!(link.is_active());
-        // PSK-AES256-GCM-SHA384: 13-byte header, 8-byte nonce, 16-byte tag.
+        // PSK-AES128-GCM-SHA256: 13-byte header, 8-byte nonce, 16-byte tag.
         let limit = params().mtu as usize - 37;
         let oversize = || {
             srv.metrics
