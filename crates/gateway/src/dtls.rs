@@ -88,7 +88,7 @@ const MAX_PLAINTEXT: usize = 16 * 1024 + 1024;
 /// How often the demux forgets peers of sessions that ended while their datagrams were queued.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 /// Socket buffer sizes asked for (the kernel caps them at `net.core.{r,w}mem_max`).
-const SOCKET_BUFFER: usize = 4 << 20;
+pub(crate) const SOCKET_BUFFER: usize = 4 << 20;
 /// Buffer sizes asked for on a session's own socket. The kernel's default receive buffer (about
 /// 208 KiB, some 50 datagrams by their kernel size) overflowed at one client's full speed
 /// whenever the session's task waited a moment for a core; a limit costs nothing until used.

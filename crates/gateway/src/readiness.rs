@@ -345,7 +345,7 @@ fn check_forwarding(host: &Host, id: &str, rel: &str, sysctl: &str) -> Check {
 
 /// The largest socket buffer the DTLS sockets ask for (the listening socket's; sessions' own
 /// sockets ask for less).
-const UDP_BUFFER_WANTED: u64 = 4 << 20;
+const UDP_BUFFER_WANTED: usize = crate::dtls::SOCKET_BUFFER;
 
 /// `net.core.rmem_max` and `wmem_max` must let the DTLS sockets have the buffers they ask for: at
 /// the stock cap a session's socket overflows when its client sends at full speed.
@@ -358,7 +358,7 @@ fn check_udp_buffers(host: &Host) -> Check {
     for name in ["rmem_max", "wmem_max"] {
         let path = host.proc_sys.join("net/core").join(name);
         match std::fs::read_to_string(&path) {
-            Ok(v) => match v.trim().parse::<u64>() {
+            Ok(v) => match v.trim().parse::<usize>() {
                 Ok(n) if n >= UDP_BUFFER_WANTED => {}
                 Ok(n) => low.push(format!("net.core.{name} = {n}")),
                 Err(_) => low.push(format!("net.core.{name} = {:?} (not a number)", v.trim())),

@@ -215,6 +215,8 @@ pub fn gso_batch(lens: &[usize], max_segments: usize) -> (usize, usize) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::testutil::mutations;
 
     #[test]
     fn gso_batches_are_runs_of_one_size_ending_at_most_one_shorter_datagram() {
@@ -230,8 +232,6 @@ mod tests {
         assert_eq!((n, total), (45, 63000));
         assert!(total <= MAX_GSO_BYTES);
     }
-    use super::*;
-    use crate::testutil::mutations;
 
     /// The App-ID used in the captured-shape ClientHello below.
     const APP_ID: [u8; 32] = [
