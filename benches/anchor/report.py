@@ -273,7 +273,7 @@ def main():
 
     p("## How many sessions one tunneld process holds")
     p()
-    p("| sessions asked | acceptor threads | up | setup rate (sessions/s) | PSS per session (KiB) | RSS per session (KiB) | client processes |")
+    p("| sessions asked | threads with private file tables | up | setup rate (sessions/s) | PSS per session (KiB) | RSS per session (KiB) | client processes |")
     p("|---:|---:|---:|---:|---:|---:|---:|")
     scale = []
     for pattern, threads in (("tunneld-scale-*.json", 0), ("tunneld-mtscale-*.json", 4)):
@@ -291,14 +291,14 @@ def main():
     best = max((r for r in scale if get(r, "connect", "up") == r["sessions"]), key=lambda r: r["sessions"], default=None)
     if best:
         p(f"Largest N held with every session up: **{best['sessions']:,}** "
-          f"({'default single file table' if not best['_threads'] else str(best['_threads']) + ' acceptor threads'}).")
+          f"({'default single file table' if not best['_threads'] else str(best['_threads']) + ' threads with private file tables'}).")
         p()
     p("One TCP session is one open file in the server. This machine caps every process at 20,000")
     p("open files and the cap cannot be raised, so the default tunneld (one file table, as on a real")
     p("host with `LimitNOFILE=` raised in its unit) tops out just under 20,000 sessions here. With")
-    p("`server.acceptor_threads = 4` each of four acceptor threads has its own file table")
-    p("(`unshare(CLONE_FILES)`), which is how one process passes that limit; see")
-    p("[architecture](architecture.md#open-files-one-table-by-default-acceptor-threads-with-their-own-tables-as-an-opt-in).")
+    p("`server.threads = 4` and `server.private_file_tables = true` each of four data-plane threads has")
+    p("its own file table (`unshare(CLONE_FILES)`), which is how one process passes that limit; see")
+    p("[architecture](architecture.md#open-files-one-table-by-default-private-tables-per-thread-as-an-opt-in).")
     p()
 
     p("## Goals")
@@ -460,7 +460,7 @@ def main():
     p(f"{fmt(cpg, 2)} server cores per Gbit/s moved (harness throughput, both directions counted).")
     p("Re-login storms: at the measured rate a server re-admits all its devices in N / (cores x setups")
     p("per core-second) seconds. The address pool used here (/16) holds 65,534 devices; without the")
-    p("acceptor threads a process is also bound by its host's open-files limit. Only the first row's")
+    p("private file tables a process is also bound by its host's open-files limit. Only the first row's")
     p("cores were measured (this machine has 2 cores, 24 GiB); the other rows scale the measured")
     p("per-core and per-session costs linearly, which assumes the work spreads evenly over cores.")
     p()

@@ -14,7 +14,7 @@
 #   N_TPUT [100]      sessions pushing in the throughput scenario; TPUT_SECS [10] its duration
 #   N_STORM [1000]    sessions dropped and brought back at once (cookie reconnect)
 #   SCALE ["1000 10000 19900"]  tunneld-only connect runs for memory per session at larger N
-#   SCALE_MT ["64000"]  tunneld-only connect runs with 4 acceptor threads (own file tables)
+#   SCALE_MT ["64000"]  tunneld-only connect runs with 4 data-plane threads with private file tables
 #   SKIP_COMPARE [0]  1: skip the side-by-side part (add scale runs to an existing OUT)
 #   IPERF_SECS [10]   openconnect + iperf3 duration per direction
 #   OUT [target/anchor/<time>]  where the JSON results and logs go
@@ -179,8 +179,11 @@ CNF
 }
 
 write_tunneld_config() {
-    # $1: acceptor threads (0: the default single listener)
+    # $1: threads with private file tables (0: the default, one thread per CPU, one file table)
     mkdir -p "$OUT/tunneld-state"
+    local threads="threads = 0"
+    [ "${1:-0}" -gt 0 ] && threads="threads = $1
+private_file_tables = true"
     cat > "$OUT/tunneld.toml" <<CONF
 [server]
 listen = "$GW_ADDR:443"
@@ -188,7 +191,7 @@ state_dir = "$OUT/tunneld-state"
 max_sessions = 70000
 max_sessions_per_user = 0
 max_unauthenticated_per_source = 0
-acceptor_threads = ${1:-0}
+$threads
 [tls]
 cert = "$OUT/cert.pem"
 key = "$OUT/key.pem"

@@ -83,6 +83,7 @@ fn full_table() -> (Arc<SessionTable>, Vec<IpAddr>) {
                 session_id: u64::from(i),
                 tx,
                 stats: Arc::new(SessionStats::default()),
+                thread: 0,
             }),
         );
         addrs.push(IpAddr::V4(pool.ipv4_of(i)));
@@ -148,6 +149,7 @@ fn table_lookup(c: &mut Criterion) {
                         session_id: u64::from(i),
                         tx,
                         stats: Arc::new(SessionStats::default()),
+                        thread: 0,
                     });
                     black_box(t.install(i, Arc::clone(&r)));
                 }

@@ -72,13 +72,32 @@ pub struct ServerConfig {
     /// Maximum number of connections from one source address that have not yet authenticated;
     /// 0 turns the limit off (default).
     pub max_unauthenticated_per_source: u32,
-    /// Acceptor threads with their own file tables (see [`crate::acceptors`]); 0 (default) keeps
-    /// the single listener on the shared runtime. At most 64.
-    pub acceptor_threads: u32,
+    /// Data-plane threads (see [`crate::workers`]): each has its own runtime, TLS listener and TUN
+    /// queue, and keeps the sessions it accepted. 0 (default) runs one per CPU. At most 1024.
+    pub threads: u32,
+    /// Gives each data-plane thread its own file table, so that one process holds more sessions
+    /// than its open-files limit (see [`crate::workers`]). Default false: on a real host, raise
+    /// `LimitNOFILE=` instead.
+    pub private_file_tables: bool,
     /// Unprivileged user the daemon switches to once the TUN device, forwarding, NAT and the
     /// listeners are set up, keeping only `CAP_NET_ADMIN` and `CAP_NET_BIND_SERVICE` (see
     /// [`crate::privdrop`]). Default none: keep running as the user that started it.
     pub user: Option<String>,
+}
+
+/// The most data-plane threads `server.threads` may ask for.
+const MAX_THREADS: u32 = 1024;
+
+impl ServerConfig {
+    /// How many data-plane threads run: `threads`, or one per CPU this process may use (which
+    /// honours a container's CPU quota) when it is 0.
+    #[must_use]
+    pub fn thread_count(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => n as usize,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -93,7 +112,8 @@ impl Default for ServerConfig {
             server_name: None,
             max_header_bytes: 8192,
             max_unauthenticated_per_source: 0,
-            acceptor_threads: 0,
+            threads: 0,
+            private_file_tables: false,
             user: None,
         }
     }
@@ -577,12 +597,12 @@ impl Config {
         if let Some(name) = &s.server_name {
             check_server_name(v, name);
         }
-        if s.acceptor_threads > 64 {
+        if s.threads > MAX_THREADS {
             v.err(
-                "server.acceptor_threads",
+                "server.threads",
                 format!(
-                    "{} is out of range: must be between 0 and 64",
-                    s.acceptor_threads
+                    "{} is out of range: must be between 0 (one per CPU) and {MAX_THREADS}",
+                    s.threads
                 ),
             );
         }
@@ -1237,12 +1257,20 @@ mod tests {
     }
 
     #[test]
-    fn acceptor_threads_default_off_and_bounded() {
-        assert_eq!(Config::default().server.acceptor_threads, 0);
-        let c = Config::from_toml_str("[server]\nacceptor_threads = 4\n").unwrap();
-        assert_eq!(c.server.acceptor_threads, 4);
-        let e = Config::from_toml_str("[server]\nacceptor_threads = 65\n").unwrap_err();
-        assert!(e.to_string().contains("server.acceptor_threads"), "{e}");
+    fn threads_default_one_per_cpu_shared_table_and_bounded() {
+        let d = Config::default();
+        assert_eq!(d.server.threads, 0);
+        assert!(!d.server.private_file_tables);
+        assert!(d.server.thread_count() >= 1);
+        let c =
+            Config::from_toml_str("[server]\nthreads = 4\nprivate_file_tables = true\n").unwrap();
+        assert_eq!(c.server.thread_count(), 4);
+        assert!(c.server.private_file_tables);
+        let e = Config::from_toml_str("[server]\nthreads = 1025\n").unwrap_err();
+        assert!(e.to_string().contains("server.threads"), "{e}");
+        // The old key is refused by name, not silently ignored.
+        let e = Config::from_toml_str("[server]\nacceptor_threads = 4\n").unwrap_err();
+        assert!(e.to_string().contains("acceptor_threads"), "{e}");
     }
 
     #[test]

@@ -12,7 +12,6 @@ use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_rustls::TlsAcceptor;
 
-use crate::acceptors::{self, AcceptorError, Acceptors};
 use crate::ban::Bans;
 use crate::config::Config;
 use crate::control::{self, ControlError};
@@ -22,11 +21,12 @@ use crate::health::{Direction, Health};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::reload::{CertInfo, ReloadState};
-use crate::server::{self, Shared};
+use crate::server::Shared;
 use crate::sessions::{EndReason, Sessions};
 use crate::table::SessionTable;
 use crate::tls::{self, TlsError};
 use crate::users::{UserDb, UsersError};
+use crate::workers::{self, WorkerError, Workers};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -49,9 +49,9 @@ pub enum StartError {
     /// Forwarding or NAT could not be set up.
     #[error(transparent)]
     Egress(#[from] EgressError),
-    /// The acceptor threads (`server.acceptor_threads`) could not start.
+    /// The data-plane threads (`server.threads`) could not start.
     #[error(transparent)]
-    Acceptors(#[from] AcceptorError),
+    Workers(#[from] WorkerError),
     /// The control socket could not be set up.
     #[error(transparent)]
     Control(#[from] ControlError),
@@ -84,13 +84,31 @@ fn bind(addr: SocketAddr, field: &'static str, backlog: u32) -> Result<TcpListen
     sock.listen(backlog).map_err(err)
 }
 
+/// Fails with the usual bind error if something listens on `addr` already (a listener of
+/// another process, even one with `SO_REUSEPORT`, makes this plain bind fail).
+fn check_free(addr: SocketAddr) -> Result<(), StartError> {
+    let err = |source| StartError::Bind {
+        field: "server.listen",
+        addr,
+        source,
+    };
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    sock.set_reuseaddr(true).map_err(err)?;
+    sock.bind(addr).map_err(err)
+}
+
 /// A started gateway: listeners bound, TUN up, tasks running.
 #[derive(Debug)]
 pub struct Gateway {
     shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _nat: Option<Nat>,
-    acceptors: Option<Acceptors>,
+    workers: Workers,
     listen: SocketAddr,
     control_socket: Option<PathBuf>,
 }
@@ -129,6 +147,7 @@ impl Gateway {
                 .and_then(|p| net.gateway_ipv6().map(|a| (a, p.prefix_len()))),
             mtu: u16::try_from(net.mtu).unwrap_or(1400),
             offload: true,
+            multi_queue: true,
         };
         let tun = dataplane::open_tun(&params).map_err(|source| StartError::Tun {
             name: net.tun_name.clone(),
@@ -147,11 +166,10 @@ impl Gateway {
             None
         };
 
-        // With acceptor threads, each binds its own listener after unsharing its file table.
-        let listener = match config.server.acceptor_threads {
-            0 => Some(bind(config.server.listen, "server.listen", 4096)?),
-            _ => None,
-        };
+        // Each data-plane thread binds its own listener with SO_REUSEPORT, which a second daemon
+        // (or anything else) already listening there would share without a word: first make sure
+        // the address is free.
+        check_free(config.server.listen)?;
         let admin = config
             .metrics
             .listen
@@ -210,17 +228,13 @@ impl Gateway {
             }
         });
         tasks.push(down);
-        let acceptors = match listener {
-            Some(listener) => {
-                tasks.push(tokio::spawn(server::serve(listener, Arc::clone(&shared))));
-                None
-            }
-            None => Some(acceptors::start(
-                config.server.acceptor_threads as usize,
-                config.server.listen,
-                &shared,
-            )?),
-        };
+        let (workers, listen) = workers::start(
+            config.server.thread_count(),
+            config.server.private_file_tables,
+            config.server.listen,
+            &shared,
+            &tun,
+        )?;
         if let Some((server, ctl)) = dtls {
             tasks.push(tokio::spawn(crate::dtls::run_demux(server, ctl)));
         }
@@ -236,13 +250,13 @@ impl Gateway {
             tasks.push(tokio::spawn(control::serve(l, path, Arc::clone(&shared))));
         }
         tasks.push(tokio::spawn(reaper(Arc::clone(&shared))));
-        tracing::info!(listen = %config.server.listen, pool = %net.ipv4_pool, ipv6_pool = ?net.ipv6_pool, "gateway listening");
+        tracing::info!(%listen, pool = %net.ipv4_pool, ipv6_pool = ?net.ipv6_pool, "gateway listening");
         Ok(Self {
             shared,
             tasks,
             _nat: nat,
-            acceptors,
-            listen: config.server.listen,
+            workers,
+            listen,
             control_socket: config.control.socket.clone(),
         })
     }
@@ -272,9 +286,7 @@ impl Gateway {
         for t in &self.tasks {
             t.abort();
         }
-        if let Some(a) = self.acceptors.as_mut() {
-            a.stop();
-        }
+        self.workers.stop();
         if let Some(p) = &self.control_socket {
             let _ = std::fs::remove_file(p);
         }

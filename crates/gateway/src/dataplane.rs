@@ -36,6 +36,9 @@ pub struct TunParams {
     pub mtu: u16,
     /// Try GSO/GRO offload (falls back to plain I/O if the kernel refuses).
     pub offload: bool,
+    /// Open the device with several queues (`IFF_MULTI_QUEUE`), so that data-plane threads can
+    /// each attach their own ([`Tun::attach_queue`]).
+    pub multi_queue: bool,
 }
 
 /// An open TUN device and whether offload is on.
@@ -64,6 +67,7 @@ pub fn open_tun(p: &TunParams) -> io::Result<Tun> {
             .ipv4(p.v4.0, p.v4.1, None)
             .tx_queue_len(4096)
             .offload(offload)
+            .multi_queue(p.multi_queue)
             .enable(true);
         if let Some((a, len)) = p.v6 {
             b = b.ipv6(a, len);
@@ -87,6 +91,46 @@ pub fn open_tun(p: &TunParams) -> io::Result<Tun> {
         dev: Arc::new(build(false)?),
         offload: false,
     })
+}
+
+impl Tun {
+    /// Opens another queue of this multi-queue device, registered with the current tokio runtime,
+    /// and makes it the calling thread's queue for upstream writes ([`Upstream::write`]). Returns
+    /// the queue, for the thread's downstream reader ([`run_downstream`]).
+    ///
+    /// The kernel steers a flow's packets to the queue its last upstream packet was written from
+    /// (the TUN driver's flow table, keyed by a symmetric hash), so the replies to a session's
+    /// traffic are read on the thread that holds the session.
+    pub fn attach_queue(&self, thread: u16) -> io::Result<Self> {
+        let queue = Self {
+            dev: Arc::new(self.dev.try_clone()?),
+            offload: self.offload,
+        };
+        SCRATCH.with(|cell| cell.borrow_mut().queue = Some(queue.clone()));
+        THREAD.set(thread);
+        Ok(queue)
+    }
+}
+
+/// Forgets the calling thread's own queue ([`Tun::attach_queue`]); its upstream writes go to the
+/// main queue again. Called before the thread's runtime goes away.
+pub fn detach_queue() {
+    SCRATCH.with(|cell| cell.borrow_mut().queue = None);
+    THREAD.set(NO_THREAD);
+}
+
+/// [`thread_index`] of a thread without its own queue (the main runtime's).
+pub const NO_THREAD: u16 = u16::MAX;
+
+thread_local! {
+    static THREAD: std::cell::Cell<u16> = const { std::cell::Cell::new(NO_THREAD) };
+}
+
+/// The data-plane thread the caller runs on (the number given to [`Tun::attach_queue`]), or
+/// [`NO_THREAD`].
+#[must_use]
+pub fn thread_index() -> u16 {
+    THREAD.get()
 }
 
 /// Bytes per arena chunk that downstream frames are carved from (about 40 full-size frames).
@@ -120,6 +164,7 @@ struct BatchCounts {
     no_session: u64,
     queue_full: u64,
     malformed: u64,
+    handoffs: u64,
 }
 
 /// Reads the TUN and queues each packet to its session, until the device fails.
@@ -132,6 +177,7 @@ pub async fn run_downstream(
     let mut bufs = vec![vec![0u8; 65535]; IDEAL_BATCH_SIZE];
     let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
     let mut arena = FrameArena::default();
+    let thread = thread_index();
     loop {
         let n = tun
             .dev
@@ -139,7 +185,14 @@ pub async fn run_downstream(
             .await;
         let mut counts = BatchCounts::default();
         match n {
-            Ok(n) => dispatch(&bufs, &sizes, n, &table, &mut arena, &mut counts),
+            Ok(n) => dispatch(
+                bufs.get(..n).unwrap_or_default(),
+                &sizes,
+                thread,
+                &table,
+                &mut arena,
+                &mut counts,
+            ),
             Err(e) if is_fatal(&e) => return Err(e),
             Err(e) => tracing::debug!(error = %e, "TUN read error"),
         }
@@ -150,13 +203,21 @@ pub async fn run_downstream(
                 .dev
                 .try_recv_multiple(&mut original, &mut bufs, &mut sizes, 0)
             {
-                Ok(n) => dispatch(&bufs, &sizes, n, &table, &mut arena, &mut counts),
+                Ok(n) => dispatch(
+                    bufs.get(..n).unwrap_or_default(),
+                    &sizes,
+                    thread,
+                    &table,
+                    &mut arena,
+                    &mut counts,
+                ),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if is_fatal(&e) => return Err(e),
                 Err(e) => tracing::debug!(error = %e, "TUN read error"),
             }
         }
         metrics.add_down(counts.packets, counts.bytes);
+        metrics.add_handoffs(counts.handoffs);
         for (reason, n) in [
             (DropReason::NoSession, counts.no_session),
             (DropReason::QueueFull, counts.queue_full),
@@ -174,15 +235,17 @@ fn is_fatal(e: &io::Error) -> bool {
     )
 }
 
+/// Queues each of `bufs` (its length in `sizes`) to its session, counting packets whose session
+/// lives on another thread than `thread`.
 fn dispatch(
     bufs: &[Vec<u8>],
     sizes: &[usize],
-    n: usize,
+    thread: u16,
     table: &SessionTable,
     arena: &mut FrameArena,
     counts: &mut BatchCounts,
 ) {
-    for (buf, &len) in bufs.iter().zip(sizes).take(n) {
+    for (buf, &len) in bufs.iter().zip(sizes) {
         let Some(pkt) = buf.get(..len) else { continue };
         let Some(dst) = packet::destination(pkt) else {
             counts.malformed += 1;
@@ -199,6 +262,7 @@ fn dispatch(
         match route.tx.try_send(frame) {
             Ok(()) => {
                 route.stats.add_down(len);
+                counts.handoffs += u64::from(route.thread != thread);
                 counts.packets += 1;
                 counts.bytes += len as u64;
             }
@@ -228,6 +292,8 @@ const WRITE_BUF: usize = 2 * OFFSET + 65535;
 struct WriteScratch {
     gro: GROTable,
     bufs: Vec<BytesMut>,
+    /// This thread's own TUN queue, when it has one ([`Tun::attach_queue`]).
+    queue: Option<Tun>,
 }
 
 thread_local! {
@@ -258,10 +324,10 @@ impl Upstream {
         if pkts.is_empty() {
             return Ok(());
         }
-        let dev: &tun_rs::DeviceImpl = &self.tun.dev;
         let result = SCRATCH.with(|cell| {
             let mut scratch = cell.borrow_mut();
-            let WriteScratch { gro, bufs } = &mut *scratch;
+            let WriteScratch { gro, bufs, queue } = &mut *scratch;
+            let dev: &tun_rs::DeviceImpl = &queue.as_ref().unwrap_or(&self.tun).dev;
             for chunk in pkts.chunks(WRITE_MAX) {
                 while bufs.len() < chunk.len() {
                     bufs.push(BytesMut::with_capacity(WRITE_BUF));

@@ -1,7 +1,6 @@
 //! The tunnel-gateway server library: configuration, IP pool, session table, authentication, TLS
 //! listener, TUN data plane, health page and metrics.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::indexing_slicing))]
-pub mod acceptors;
 pub mod admin;
 mod atomic_file;
 pub mod ban;
@@ -25,3 +24,4 @@ pub mod table;
 pub mod tls;
 pub(crate) mod tunnel;
 pub mod users;
+pub mod workers;

@@ -181,6 +181,8 @@ pub struct Metrics {
     up_bytes: IntCounter,
     down_packets: IntCounter,
     down_bytes: IntCounter,
+    /// Downstream packets read on another data-plane thread than their session's.
+    pub downstream_handoffs: IntCounter,
 }
 
 impl Metrics {
@@ -360,6 +362,15 @@ impl Metrics {
         for e in DTLS_EVENTS {
             dtls_events.with_label_values(&[e]);
         }
+        let downstream_handoffs = IntCounter::new(
+            "tunneld_downstream_handoffs_total",
+            "Downstream packets read from the TUN on another thread than their session's (the TUN \
+             steers a flow's replies to the queue of the session that wrote it; the rest cross threads).",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(downstream_handoffs.clone()))
+            .expect("unique metric name");
         let drop_handles = DropReason::ALL.map(|r| drops.with_label_values(&[r.as_str()]));
         let up_packets = packets.with_label_values(&["up"]);
         let down_packets = packets.with_label_values(&["down"]);
@@ -398,6 +409,7 @@ impl Metrics {
             up_bytes,
             down_packets,
             down_bytes,
+            downstream_handoffs,
         }
     }
 
@@ -439,6 +451,14 @@ impl Metrics {
     pub fn add_down(&self, n: u64, bytes: u64) {
         self.down_packets.inc_by(n);
         self.down_bytes.inc_by(bytes);
+    }
+
+    /// Counts `n` downstream packets read on another thread than their session's.
+    #[inline]
+    pub fn add_handoffs(&self, n: u64) {
+        if n > 0 {
+            self.downstream_handoffs.inc_by(n);
+        }
     }
 
     /// The Prometheus text exposition of every metric.

@@ -154,6 +154,16 @@ fn restart_only(old: &Config, new: &Config, live_sessions: usize) -> Vec<FieldEr
         "the listening socket is bound at start",
     );
     restart(
+        "server.threads",
+        old.server.threads != new.server.threads,
+        "the data-plane threads start with the daemon",
+    );
+    restart(
+        "server.private_file_tables",
+        old.server.private_file_tables != new.server.private_file_tables,
+        "the data-plane threads' file tables are set up at start",
+    );
+    restart(
         "metrics.listen",
         old.metrics.listen != new.metrics.listen,
         "the metrics socket is bound at start",
@@ -344,7 +354,7 @@ mod tests {
             ]
         );
         let new = cfg(
-            "[server]\nlisten = \"0.0.0.0:8443\"\n[network]\ntun_name = \"x0\"\nmtu = 1300\nnat = true\n[metrics]\nlisten = \"off\"\n[control]\nsocket = \"/tmp/c.sock\"\n",
+            "[server]\nlisten = \"0.0.0.0:8443\"\nthreads = 3\nprivate_file_tables = true\n[network]\ntun_name = \"x0\"\nmtu = 1300\nnat = true\n[metrics]\nlisten = \"off\"\n[control]\nsocket = \"/tmp/c.sock\"\n",
         );
         let fields: Vec<String> = restart_only(&old, &new, 0)
             .into_iter()
@@ -354,6 +364,8 @@ mod tests {
             fields,
             vec![
                 "server.listen",
+                "server.threads",
+                "server.private_file_tables",
                 "metrics.listen",
                 "control.socket",
                 "network.tun_name",

@@ -24,6 +24,8 @@ pub struct Route {
     pub tx: mpsc::Sender<Bytes>,
     /// Per-session traffic counters.
     pub stats: Arc<SessionStats>,
+    /// The data-plane thread the session lives on ([`crate::dataplane::thread_index`]).
+    pub thread: u16,
 }
 
 /// Per-session counters, updated without locks.
@@ -110,6 +112,7 @@ mod tests {
             session_id: id,
             tx,
             stats: Arc::default(),
+            thread: 0,
         })
     }
 

@@ -211,6 +211,7 @@ pub(crate) async fn run(
         session_id: session.id,
         tx,
         stats: Arc::clone(&session.stats),
+        thread: crate::dataplane::thread_index(),
     });
     if let Some(old) = sh.table.install(assigned.index, Arc::clone(&route)) {
         tracing::debug!(
