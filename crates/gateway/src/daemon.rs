@@ -23,6 +23,7 @@ use crate::pool::Pool;
 use crate::reload::{CertInfo, ReloadState};
 use crate::server::Shared;
 use crate::sessions::{EndReason, Sessions};
+use crate::steering::{Plan, Program};
 use crate::table::SessionTable;
 use crate::tls::{self, TlsError};
 use crate::users::{UserDb, UsersError};
@@ -228,13 +229,32 @@ impl Gateway {
             }
         });
         tasks.push(down);
+        let threads = config.server.thread_count();
+        // Each thread's sessions take their addresses from its own stripe of the pool, which is
+        // what the steering program reads.
+        shared.pool.set_stripes(threads);
         let (workers, listen) = workers::start(
-            config.server.thread_count(),
+            threads,
             config.server.private_file_tables,
             config.server.listen,
             &shared,
             &tun,
         )?;
+        // With every thread's queue attached (thread t reads queue 1 + t).
+        match Program::load(&Plan::new(&shared.pool, threads)).and_then(|p| p.attach(&*tun.dev)) {
+            Ok(()) => {
+                tracing::info!(
+                    threads,
+                    "TUN steering: by destination address (eBPF program)"
+                );
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                threads,
+                "TUN steering program not loaded (needs CAP_BPF or CAP_SYS_ADMIN); the TUN driver's \
+                 flow table steers replies instead, and some cross threads (tunneld_downstream_handoffs_total)"
+            ),
+        }
         if let Some((server, ctl)) = dtls {
             tasks.push(tokio::spawn(crate::dtls::run_demux(server, ctl)));
         }

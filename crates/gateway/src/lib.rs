@@ -20,6 +20,7 @@ pub mod readiness;
 pub mod reload;
 pub mod server;
 pub mod sessions;
+pub mod steering;
 pub mod table;
 pub mod tls;
 pub(crate) mod tunnel;

@@ -8,6 +8,13 @@
 //! Allocation and release are O(1): a FIFO free list, so a released address is reused last, which
 //! keeps a reconnecting client's stale packets from reaching a newcomer. A [`Lease`] releases its
 //! slot when dropped, so an address goes back exactly once, whatever path ends the session.
+//!
+//! The free list is split into *stripes*, one per data-plane thread ([`Pool::set_stripes`]): slot
+//! `i` belongs to stripe `i % stripes`. A session takes its address from its own thread's stripe
+//! ([`Pool::allocate_on`]), so the TUN steering program ([`crate::steering`]) can send every
+//! downstream packet to the right thread's queue from its destination address alone. When a
+//! stripe runs dry the session takes a slot from the fullest other stripe: every address of the
+//! pool stays usable, and such a session's replies are only read on another thread.
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -26,8 +33,38 @@ pub struct Pool {
 
 #[derive(Debug)]
 struct FreeList {
-    free: VecDeque<u32>,
+    /// Free slots, one FIFO per stripe: slot `i` is in `free[i % free.len()]`.
+    free: Vec<VecDeque<u32>>,
+    /// How many slots are free, over all stripes.
+    nfree: u32,
     in_use: Vec<bool>,
+}
+
+impl FreeList {
+    fn stripe_of(&self, index: u32) -> usize {
+        index as usize % self.free.len().max(1)
+    }
+
+    /// The oldest free slot of `stripe`, or of the fullest stripe when that one is empty.
+    fn pop(&mut self, stripe: usize) -> Option<u32> {
+        let own = self.free.get_mut(stripe).and_then(VecDeque::pop_front);
+        let index = own.or_else(|| {
+            self.free
+                .iter_mut()
+                .max_by_key(|f| f.len())
+                .and_then(VecDeque::pop_front)
+        })?;
+        self.nfree -= 1;
+        Some(index)
+    }
+
+    fn push(&mut self, index: u32) {
+        let stripe = self.stripe_of(index);
+        if let Some(f) = self.free.get_mut(stripe) {
+            f.push_back(index);
+            self.nfree += 1;
+        }
+    }
 }
 
 /// Why an address could not be handed out.
@@ -53,14 +90,37 @@ impl Pool {
             Some(v6) => size.min(v6_slots(v6)),
             None => size,
         };
-        let free = (0..size).collect();
+        let free = vec![(0..size).collect()];
         let in_use = vec![false; size as usize];
         Arc::new(Self {
             v4,
             v6,
             size,
-            state: Mutex::new(FreeList { free, in_use }),
+            state: Mutex::new(FreeList {
+                free,
+                nfree: size,
+                in_use,
+            }),
         })
+    }
+
+    /// Splits the free list into `n` stripes (at least one): slot `i` goes to stripe `i % n`.
+    /// Free slots keep their order within each stripe; leased ones join their stripe when released.
+    pub fn set_stripes(&self, n: usize) {
+        let n = n.max(1);
+        let mut st = self.lock();
+        let mut free = vec![VecDeque::new(); n];
+        for index in st.free.iter().flatten().copied() {
+            if let Some(f) = free.get_mut(index as usize % n) {
+                f.push_back(index);
+            }
+        }
+        st.free = free;
+    }
+
+    /// How many stripes the free list has.
+    pub fn stripes(&self) -> usize {
+        self.lock().free.len()
     }
 
     /// How many client addresses the pool has.
@@ -70,8 +130,7 @@ impl Pool {
 
     /// How many are leased now.
     pub fn in_use(&self) -> u32 {
-        let st = self.lock();
-        self.size - st.free.len() as u32
+        self.size - self.lock().nfree
     }
 
     /// The configured IPv4 network.
@@ -84,10 +143,16 @@ impl Pool {
         self.v6
     }
 
-    /// Leases the address that has been free the longest.
+    /// Leases the address that has been free the longest (of the fullest stripe).
     pub fn allocate(self: &Arc<Self>) -> Result<Lease, PoolError> {
+        self.allocate_on(usize::MAX)
+    }
+
+    /// Leases the address of stripe `stripe` that has been free the longest, or, when that stripe
+    /// has none (or does not exist), of the fullest stripe.
+    pub fn allocate_on(self: &Arc<Self>, stripe: usize) -> Result<Lease, PoolError> {
         let mut st = self.lock();
-        let index = st.free.pop_front().ok_or(PoolError::Exhausted {
+        let index = st.pop(stripe).ok_or(PoolError::Exhausted {
             pool: self.v4,
             size: self.size,
         })?;
@@ -145,7 +210,7 @@ impl Pool {
         match st.in_use.get_mut(index as usize) {
             Some(flag) if *flag => {
                 *flag = false;
-                st.free.push_back(index);
+                st.push(index);
             }
             // A Lease is the only owner of its index, so this cannot happen; never push twice.
             _ => tracing::error!(index, "pool slot released twice or out of range; ignored"),
@@ -241,7 +306,44 @@ mod tests {
         assert_eq!(next.last().unwrap().ipv4(), a_ip);
         drop(next);
         assert_eq!(pool.in_use(), 0);
-        assert_eq!(pool.lock().free.len(), 5);
+        assert_eq!(pool.lock().nfree, 5);
+        assert_eq!(pool.lock().free.iter().map(VecDeque::len).sum::<usize>(), 5);
+    }
+
+    #[test]
+    fn stripes_hand_out_their_own_slots_then_borrow_from_the_fullest() {
+        let pool = Pool::new("10.0.0.0/28".parse().unwrap(), None);
+        assert_eq!(pool.size(), 13);
+        pool.set_stripes(3);
+        assert_eq!(pool.stripes(), 3);
+        // Stripe 1 holds slots 1, 4, 7, 10, oldest first.
+        let own: Vec<_> = (0..4).map(|_| pool.allocate_on(1).unwrap()).collect();
+        assert_eq!(
+            own.iter().map(Lease::index).collect::<Vec<_>>(),
+            [1, 4, 7, 10]
+        );
+        // Then stripe 0 (five slots left) lends before stripe 2 (four).
+        let borrowed = pool.allocate_on(1).unwrap();
+        assert_eq!(borrowed.index(), 0);
+        // A released slot goes back to its own stripe, last.
+        drop(own);
+        let again: Vec<_> = (0..4)
+            .map(|_| pool.allocate_on(1).unwrap().index())
+            .collect();
+        assert_eq!(again, [1, 4, 7, 10]);
+        assert_eq!(pool.in_use(), 1);
+        // Every slot stays usable: 12 more leases from any stripe, then the pool is exhausted.
+        let rest: Vec<_> = (0..12).map(|_| pool.allocate_on(2).unwrap()).collect();
+        assert_eq!(pool.in_use(), 13);
+        assert!(pool.allocate_on(0).is_err());
+        drop(rest);
+        drop(borrowed);
+        assert_eq!(pool.in_use(), 0);
+        // Re-striping keeps every free slot.
+        pool.set_stripes(2);
+        let all: Vec<Lease> = (0..13).map(|_| pool.allocate().unwrap()).collect();
+        let distinct: std::collections::BTreeSet<u32> = all.iter().map(Lease::index).collect();
+        assert_eq!(distinct.len(), 13);
     }
 
     #[test]

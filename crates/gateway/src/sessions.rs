@@ -271,7 +271,11 @@ impl Sessions {
         }
         let first = inner.lease.is_none();
         if first {
-            inner.lease = Some(self.pool.allocate()?);
+            // From this thread's stripe, so that its downstream packets are steered here.
+            inner.lease = Some(
+                self.pool
+                    .allocate_on(usize::from(crate::dataplane::thread_index()))?,
+            );
             self.metrics.pool_in_use.set(i64::from(self.pool.in_use()));
         }
         let (tx, rx) = mpsc::channel(2);
