@@ -90,6 +90,11 @@ fn disconnect_ends_a_listed_session_and_its_cookie_gets_401() -> Result<()> {
             && status["listen"] == gw.listen(),
         "status: {status}"
     );
+    ensure!(
+        status["threads"].as_u64() == Some(std::thread::available_parallelism()?.get() as u64)
+            && status["tun_steering"] == "address",
+        "status: {status}"
+    );
 
     // Disconnect by user: a proper DISCONNECT, openconnect exits and says so.
     let out = gw.tunnelctl(&["disconnect", "--user", "alice"])?.check()?;

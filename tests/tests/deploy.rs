@@ -438,7 +438,7 @@ fn the_quadlet_unit_uses_only_keys_podman_4_4_knows() -> Result<()> {
         "Network=host",
         "AddDevice=/dev/net/tun",
         "DropCapability=all",
-        "AddCapability=NET_ADMIN NET_BIND_SERVICE SETUID SETGID SETPCAP CHOWN",
+        "AddCapability=NET_ADMIN NET_BIND_SERVICE BPF SETUID SETGID SETPCAP CHOWN",
         "Volume=/etc/tunneld:/etc/tunneld:ro,z",
     ] {
         ensure!(seen.contains(want), "{want} missing from the Quadlet unit");

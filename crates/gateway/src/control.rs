@@ -113,6 +113,11 @@ pub struct StatusInfo {
     pub config_file: Option<PathBuf>,
     /// The TUN device's name.
     pub tun: String,
+    /// Data-plane threads, each with its own TUN queue.
+    pub threads: usize,
+    /// How downstream packets find their session's thread: `address` (the steering program reads
+    /// the destination) or `flow` (the TUN driver's flow table; the program could not be loaded).
+    pub tun_steering: String,
     /// True when `/readyz` answers 200.
     pub ready: bool,
     /// Why it is not ready (empty when ready).
@@ -389,6 +394,13 @@ fn status(sh: &Shared) -> StatusInfo {
         control_socket: cfg.control.socket.clone(),
         config_file: sh.reload.config_path().map(Path::to_owned),
         tun: cfg.network.tun_name.clone(),
+        threads: sh.threads,
+        tun_steering: if sh.steering.load(std::sync::atomic::Ordering::Relaxed) {
+            "address"
+        } else {
+            "flow"
+        }
+        .to_owned(),
         ready: readiness.is_ok(),
         not_ready: readiness.err().unwrap_or_default(),
         draining: sh.is_draining(),

@@ -213,6 +213,8 @@ impl Gateway {
             bans: Bans::new(metrics.clone()),
             health: Health::new(Some(tun.clone())),
             reload: ReloadState::new(config_path, CertInfo::from(&cert)),
+            threads: config.server.thread_count(),
+            steering: false.into(),
         });
 
         let mut tasks = Vec::new();
@@ -229,7 +231,7 @@ impl Gateway {
             }
         });
         tasks.push(down);
-        let threads = config.server.thread_count();
+        let threads = shared.threads;
         // Each thread's sessions take their addresses from its own stripe of the pool, which is
         // what the steering program reads.
         shared.pool.set_stripes(threads);
@@ -243,6 +245,7 @@ impl Gateway {
         // With every thread's queue attached (thread t reads queue 1 + t).
         match Program::load(&Plan::new(&shared.pool, threads)).and_then(|p| p.attach(&*tun.dev)) {
             Ok(()) => {
+                shared.steering.store(true, Ordering::Relaxed);
                 tracing::info!(
                     threads,
                     "TUN steering: by destination address (eBPF program)"

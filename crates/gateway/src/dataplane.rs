@@ -1,9 +1,9 @@
 //! The packet path between the TUN device and the sessions.
 //!
-//! Downstream (network to client): one task reads the TUN in batches (with offload on, one read
-//! returns a GSO super-packet that tun-rs splits into MTU-sized segments), finds each packet's
-//! session in the lock-free [`SessionTable`], and queues a ready CSTP frame on that session's bounded
-//! queue. The frame is built once, header included, in a shared arena chunk, so the session's writer
+//! Downstream (network to client): on each data-plane thread ([`crate::workers`]) one task reads
+//! that thread's queue of the TUN in batches (with offload on, one read returns a GSO super-packet
+//! that tun-rs splits into MTU-sized segments), finds each packet's session in the lock-free
+//! [`SessionTable`], and queues a ready CSTP frame on that session's bounded queue. The frame is built once, header included, in a shared arena chunk, so the session's writer
 //! hands it to TLS as is. A full queue drops that client's packet and nobody else's.
 //!
 //! Upstream (client to network): each session writes the checked IP packets of one read of its
@@ -98,9 +98,8 @@ impl Tun {
     /// and makes it the calling thread's queue for upstream writes ([`Upstream::write`]). Returns
     /// the queue, for the thread's downstream reader ([`run_downstream`]).
     ///
-    /// The kernel steers a flow's packets to the queue its last upstream packet was written from
-    /// (the TUN driver's flow table, keyed by a symmetric hash), so the replies to a session's
-    /// traffic are read on the thread that holds the session.
+    /// Queues are numbered in the order they are attached (the device's first one is 0), which is
+    /// what the steering program counts on ([`crate::steering`]).
     pub fn attach_queue(&self, thread: u16) -> io::Result<Self> {
         let queue = Self {
             dev: Arc::new(self.dev.try_clone()?),

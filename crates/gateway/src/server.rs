@@ -71,6 +71,10 @@ pub struct Shared {
     pub health: Health,
     /// Live reload state (config path, certificate in use).
     pub reload: ReloadState,
+    /// How many data-plane threads run ([`crate::workers`]).
+    pub threads: usize,
+    /// True once the TUN steering program is attached ([`crate::steering`]).
+    pub steering: AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {

@@ -4,22 +4,22 @@
 //! `server.listen` (`SO_REUSEPORT`: the kernel spreads new connections over the threads) and its
 //! own queue of the multi-queue TUN device. A connection's tasks (TLS, the HTTP phase, the
 //! tunnel and its DTLS channel) live on the thread that accepted it, so a session's upstream
-//! packets always leave through the same TUN queue, from the same CPU, in order. The TUN driver
-//! remembers which queue a flow was last written from and puts the flow's replies on that queue,
-//! so downstream packets are read on the session's own thread too: no hand-off to another
-//! thread, no cross-thread wake-up, nothing reordered between threads.
+//! packets always leave through the same TUN queue, from the same CPU, in order. Each session
+//! takes its address from its thread's stripe of the pool, and the steering program
+//! ([`crate::steering`]) puts every packet for that address on the thread's queue, so downstream
+//! packets are read on the session's own thread too: no hand-off to another thread, no
+//! cross-thread wake-up, nothing reordered between threads.
 //!
 //! Why: with one work-stealing runtime a session's task moved between worker threads, and the
 //! kernel queues a forwarded packet on the backlog of the CPU that wrote it, so one TCP flow's
-//! packets reached the far end out of order (an openconnect upload through the gateway: about
-//! 80,000 TCP retransmits in 10 s, against about 3,000 with pinned sessions).
+//! packets reached the far end out of order (an openconnect upload through the gateway: 85,578
+//! TCP retransmits in 10 s, against 537 with pinned sessions; docs/architecture.md, "Threads").
 //!
 //! Everything else stays shared through memory: the session registry, the address pool and route
-//! table (`Arc`s), metrics and config. A packet that the kernel reads on another thread's queue
-//! (a flow the network side opened, or one whose entry in the driver's flow table has aged out)
-//! goes to its session through the session's channel as before. The main runtime keeps the TUN
-//! device's first queue (and its reader), the DTLS demux, the admin and control listeners and
-//! the reaper.
+//! table (`Arc`s), metrics and config. A packet read on another thread's queue (a session that
+//! reconnected onto another thread, or no steering program) goes to its session through the
+//! session's channel as before. The main runtime keeps the TUN device's first queue (and its
+//! reader), the DTLS demux, the admin and control listeners and the reaper.
 //!
 //! ## Private file tables (`server.private_file_tables`)
 //!

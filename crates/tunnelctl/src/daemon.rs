@@ -170,7 +170,16 @@ pub(crate) fn status(socket: &Path, json: bool) -> Result<()> {
     println!("ready:       {ready}");
     println!("draining:    {}", if s.draining { "yes" } else { "no" });
     println!("listening:   {}", listeners.join(", "));
-    println!("tun:         {}", s.tun);
+    println!(
+        "tun:         {}, {} threads, steering by {}",
+        s.tun,
+        s.threads,
+        if s.tun_steering == "address" {
+            "destination address"
+        } else {
+            "flow table (no steering program)"
+        }
+    );
     println!("sessions:    {} ({} connected)", s.sessions, s.connected);
     println!(
         "pool:        {pool}: {} of {} addresses in use",
