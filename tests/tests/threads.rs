@@ -171,3 +171,57 @@ fn private_file_tables_carry_sessions_outside_the_main_table() -> Result<()> {
     })?;
     check_hold(&run)
 }
+
+/// Each thread listens with `SO_REUSEPORT`, which would let a second daemon share the port with a
+/// running one; tunneld checks that the address is free first and refuses, as a single listener
+/// did, and the running daemon keeps its listeners.
+#[test]
+fn a_second_daemon_on_the_same_address_is_refused() -> Result<()> {
+    let topo = Topology::standard()?;
+    let gw = Gateway::start(
+        &topo,
+        GatewayConfig::new()
+            .user(USER, PASSWORD)
+            .set("server.threads", 2),
+    )?;
+    let dir = topo.subdir("second")?;
+    let second = gw
+        .config()
+        .clone()
+        .set("network.tun_name", "tg9")
+        .set("server.state_dir", dir.display().to_string())
+        .set(
+            "control.socket",
+            dir.join("control.sock").display().to_string(),
+        )
+        .set("metrics.listen", "off");
+    let config = dir.join("tunneld.toml");
+    fs::write(&config, second.to_toml())?;
+    let out = topo.sh_in(
+        "gw",
+        &format!(
+            "timeout 20 {} --config {} 2>&1",
+            e2e::gateway::tunneld_bin()?.display(),
+            config.display()
+        ),
+        Duration::from_secs(30),
+    )?;
+    ensure!(
+        out.code == Some(1)
+            && out
+                .stdout
+                .contains(&format!("cannot listen on {} (server.listen)", gw.listen()))
+            && out.stdout.contains("in use"),
+        "second daemon: {out}"
+    );
+    // The first still holds its two listeners, and nobody else's.
+    let ss = topo.run_in("gw", &["ss", "-Hltn", &format!("sport = :{}", 443)])?;
+    ensure!(
+        ss.stdout.lines().count() == 2,
+        "listeners on :443 in the gateway's namespace:\n{}",
+        ss.stdout
+    );
+    let status = gw.tunnelctl_json(&["status"])?;
+    ensure!(status["ready"] == true, "status: {status}");
+    Ok(())
+}

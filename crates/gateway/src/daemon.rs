@@ -68,7 +68,8 @@ pub enum StartError {
     },
 }
 
-fn bind(addr: SocketAddr, field: &'static str, backlog: u32) -> Result<TcpListener, StartError> {
+/// A TCP socket bound to `addr` with `SO_REUSEADDR`, not listening yet.
+fn bound(addr: SocketAddr, field: &'static str) -> Result<TcpSocket, StartError> {
     let err = |source| StartError::Bind {
         field,
         addr,
@@ -82,25 +83,23 @@ fn bind(addr: SocketAddr, field: &'static str, backlog: u32) -> Result<TcpListen
     .map_err(err)?;
     sock.set_reuseaddr(true).map_err(err)?;
     sock.bind(addr).map_err(err)?;
-    sock.listen(backlog).map_err(err)
+    Ok(sock)
+}
+
+fn bind(addr: SocketAddr, field: &'static str, backlog: u32) -> Result<TcpListener, StartError> {
+    bound(addr, field)?
+        .listen(backlog)
+        .map_err(|source| StartError::Bind {
+            field,
+            addr,
+            source,
+        })
 }
 
 /// Fails with the usual bind error if something listens on `addr` already (a listener of
 /// another process, even one with `SO_REUSEPORT`, makes this plain bind fail).
 fn check_free(addr: SocketAddr) -> Result<(), StartError> {
-    let err = |source| StartError::Bind {
-        field: "server.listen",
-        addr,
-        source,
-    };
-    let sock = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(err)?;
-    sock.set_reuseaddr(true).map_err(err)?;
-    sock.bind(addr).map_err(err)
+    bound(addr, "server.listen").map(drop)
 }
 
 /// A started gateway: listeners bound, TUN up, tasks running.
