@@ -453,7 +453,9 @@ def main():
         p("  after (0.53-0.55 and 0.48-0.49 cores per Gbit/s); UDP echo 2,619 and 2,714 before, 2,470")
         p("  and 2,416 after (0.31-0.32 and 0.31-0.33); ICMP over DTLS 2,923 before, 2,890 after. In a")
         p("  UDP run both threads used the same CPU and the profiles look alike; why its round trip")
-        p("  grew (p50 about 11 ms in the anchor at 64f1b22, 14 ms here) was not pinned down.")
+        p("  grew (p50 about 11 ms in the anchor at 64f1b22, 14 ms here) was not pinned down. Letting a")
+        p("  thread's sessions run after every TUN read, instead of draining up to 65 reads first, made")
+        p("  it worse (by hand: 1,721-2,391 Mbit/s of UDP echo at 0.36-0.61 cores per Gbit/s).")
     dl, dl_o = ours.get("dtls_added_latency"), theirs.get("dtls_added_latency")
     tl, tl_o = ours.get("added_latency"), theirs.get("added_latency")
     if dl is not None and dl_o is not None and dl > dl_o:
