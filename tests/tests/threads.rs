@@ -31,6 +31,13 @@ fn fds_per_thread(pid: u32) -> Result<BTreeMap<(String, u32), usize>> {
     Ok(out)
 }
 
+/// A gateway with two data-plane threads and the harness's user.
+fn two_threads() -> GatewayConfig {
+    GatewayConfig::new()
+        .user(USER, PASSWORD)
+        .set("server.threads", 2)
+}
+
 /// Arguments of a `hold` run: 200 sessions over two source addresses, each pinging the corp
 /// host every 500 ms for 6 s.
 fn hold_args(topo: &Topology) -> Result<Vec<String>> {
@@ -97,12 +104,7 @@ fn tun_queues(pid: u32, tun: &str) -> Result<usize> {
 #[test]
 fn threads_read_their_sessions_replies_from_their_own_tun_queues() -> Result<()> {
     let topo = Topology::standard()?;
-    let gw = Gateway::start(
-        &topo,
-        GatewayConfig::new()
-            .user(USER, PASSWORD)
-            .set("server.threads", 2),
-    )?;
+    let gw = Gateway::start(&topo, two_threads())?;
     let pid = gw.pid().context("tunneld pid")?;
     let args = hold_args(&topo)?;
     let run = run_hold(&topo, &gw, &args)?;
@@ -130,13 +132,7 @@ fn threads_read_their_sessions_replies_from_their_own_tun_queues() -> Result<()>
 #[test]
 fn private_file_tables_carry_sessions_outside_the_main_table() -> Result<()> {
     let topo = Topology::standard()?;
-    let gw = Gateway::start(
-        &topo,
-        GatewayConfig::new()
-            .user(USER, PASSWORD)
-            .set("server.threads", 2)
-            .set("server.private_file_tables", true),
-    )?;
+    let gw = Gateway::start(&topo, two_threads().set("server.private_file_tables", true))?;
     let pid = gw.pid().context("tunneld pid")?;
     let args = hold_args(&topo)?;
     let run = thread::scope(|scope| -> Result<_> {
@@ -178,12 +174,7 @@ fn private_file_tables_carry_sessions_outside_the_main_table() -> Result<()> {
 #[test]
 fn a_second_daemon_on_the_same_address_is_refused() -> Result<()> {
     let topo = Topology::standard()?;
-    let gw = Gateway::start(
-        &topo,
-        GatewayConfig::new()
-            .user(USER, PASSWORD)
-            .set("server.threads", 2),
-    )?;
+    let gw = Gateway::start(&topo, two_threads())?;
     let dir = topo.subdir("second")?;
     let second = gw
         .config()

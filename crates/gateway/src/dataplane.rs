@@ -3,8 +3,9 @@
 //! Downstream (network to client): on each data-plane thread ([`crate::workers`]) one task reads
 //! that thread's queue of the TUN in batches (with offload on, one read returns a GSO super-packet
 //! that tun-rs splits into MTU-sized segments), finds each packet's session in the lock-free
-//! [`SessionTable`], and queues a ready CSTP frame on that session's bounded queue. The frame is built once, header included, in a shared arena chunk, so the session's writer
-//! hands it to TLS as is. A full queue drops that client's packet and nobody else's.
+//! [`SessionTable`], and queues a ready CSTP frame on that session's bounded queue. The frame is
+//! built once, header included, in a shared arena chunk, so the session's writer hands it to TLS
+//! as is. A full queue drops that client's packet and nobody else's.
 //!
 //! Upstream (client to network): each session writes the checked IP packets of one read of its
 //! connection straight to the TUN with `send_multiple` ([`Upstream`]), which coalesces TCP/UDP

@@ -181,8 +181,7 @@ pub struct Metrics {
     up_bytes: IntCounter,
     down_packets: IntCounter,
     down_bytes: IntCounter,
-    /// Downstream packets read on another data-plane thread than their session's.
-    pub downstream_handoffs: IntCounter,
+    downstream_handoffs: IntCounter,
 }
 
 impl Metrics {
@@ -364,8 +363,8 @@ impl Metrics {
         }
         let downstream_handoffs = IntCounter::new(
             "tunneld_downstream_handoffs_total",
-            "Downstream packets read from the TUN on another thread than their session's (the TUN \
-             steers a flow's replies to the queue of the session that wrote it; the rest cross threads).",
+            "Downstream packets read from the TUN on another data-plane thread than their session's \
+             (near zero while the steering program runs; see tunnelctl status).",
         )
         .expect("static metric definition");
         registry

@@ -33,36 +33,32 @@ pub struct Pool {
 
 #[derive(Debug)]
 struct FreeList {
-    /// Free slots, one FIFO per stripe: slot `i` is in `free[i % free.len()]`.
+    /// Free slots, one FIFO per stripe (at least one): slot `i` is in `free[i % free.len()]`.
     free: Vec<VecDeque<u32>>,
-    /// How many slots are free, over all stripes.
-    nfree: u32,
     in_use: Vec<bool>,
 }
 
 impl FreeList {
-    fn stripe_of(&self, index: u32) -> usize {
-        index as usize % self.free.len().max(1)
+    /// How many slots are free, over all stripes (one per data-plane thread).
+    fn len(&self) -> usize {
+        self.free.iter().map(VecDeque::len).sum()
     }
 
     /// The oldest free slot of `stripe`, or of the fullest stripe when that one is empty.
     fn pop(&mut self, stripe: usize) -> Option<u32> {
         let own = self.free.get_mut(stripe).and_then(VecDeque::pop_front);
-        let index = own.or_else(|| {
+        own.or_else(|| {
             self.free
                 .iter_mut()
                 .max_by_key(|f| f.len())
                 .and_then(VecDeque::pop_front)
-        })?;
-        self.nfree -= 1;
-        Some(index)
+        })
     }
 
     fn push(&mut self, index: u32) {
-        let stripe = self.stripe_of(index);
-        if let Some(f) = self.free.get_mut(stripe) {
+        let stripes = self.free.len().max(1);
+        if let Some(f) = self.free.get_mut(index as usize % stripes) {
             f.push_back(index);
-            self.nfree += 1;
         }
     }
 }
@@ -96,11 +92,7 @@ impl Pool {
             v4,
             v6,
             size,
-            state: Mutex::new(FreeList {
-                free,
-                nfree: size,
-                in_use,
-            }),
+            state: Mutex::new(FreeList { free, in_use }),
         })
     }
 
@@ -118,11 +110,6 @@ impl Pool {
         st.free = free;
     }
 
-    /// How many stripes the free list has.
-    pub fn stripes(&self) -> usize {
-        self.lock().free.len()
-    }
-
     /// How many client addresses the pool has.
     pub fn size(&self) -> u32 {
         self.size
@@ -130,7 +117,7 @@ impl Pool {
 
     /// How many are leased now.
     pub fn in_use(&self) -> u32 {
-        self.size - self.lock().nfree
+        self.size - self.lock().len() as u32
     }
 
     /// The configured IPv4 network.
@@ -306,8 +293,7 @@ mod tests {
         assert_eq!(next.last().unwrap().ipv4(), a_ip);
         drop(next);
         assert_eq!(pool.in_use(), 0);
-        assert_eq!(pool.lock().nfree, 5);
-        assert_eq!(pool.lock().free.iter().map(VecDeque::len).sum::<usize>(), 5);
+        assert_eq!(pool.lock().len(), 5);
     }
 
     #[test]
@@ -315,7 +301,7 @@ mod tests {
         let pool = Pool::new("10.0.0.0/28".parse().unwrap(), None);
         assert_eq!(pool.size(), 13);
         pool.set_stripes(3);
-        assert_eq!(pool.stripes(), 3);
+        assert_eq!(pool.lock().free.len(), 3);
         // Stripe 1 holds slots 1, 4, 7, 10, oldest first.
         let own: Vec<_> = (0..4).map(|_| pool.allocate_on(1).unwrap()).collect();
         assert_eq!(
