@@ -26,7 +26,7 @@
 #                     openconnect uses by default) against both servers (throughput-dtls-*.json)
 #   UDP_TPUT [1]      also run the harness throughput scenario (CSTP and, with DTLS_TPUT, DTLS)
 #                     with UDP probes to a plain UDP echo service on the corp host
-#                     (`tunnel-bench echo`, one datagram per call), beside the ICMP echo runs:
+#                     (`tunnel-bench echo`, one datagram per call, a thread per CPU), beside the ICMP echo runs:
 #                     flows of datagrams, as applications send them (throughput-udp[-dtls]-*.json)
 #   CERT_LOGINS [1]   also measure certificate logins: a device CA issues bench0.. certificates
 #                     (DEVICE_KEY [rsa:2048], the key Intune's SCEP/PKCS profiles issue); tunneld

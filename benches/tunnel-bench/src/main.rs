@@ -93,6 +93,11 @@ enum Scenario {
         /// Address and port to listen on.
         #[arg(long)]
         listen: SocketAddr,
+        /// Threads answering, each with its own socket on the port (`SO_REUSEPORT`: the kernel
+        /// keeps each flow on one of them), so the echo host is not the bottleneck of a run;
+        /// 0: one per CPU.
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
     },
     /// Internal: one worker process (started by the others).
     #[command(hide = true)]
@@ -242,7 +247,7 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string(&s)?);
             return Ok(());
         }
-        Scenario::Echo { listen } => return echo(listen),
+        Scenario::Echo { listen, threads } => return echo(listen, threads),
         Scenario::Connect { common } => (common, None, "connect"),
         Scenario::Hold {
             common,
@@ -315,13 +320,45 @@ fn main() -> Result<()> {
 }
 
 /// The UDP echo service: every datagram goes back to its sender, payload unchanged (a probe
-/// carries its own sequence number and timestamp).
-fn echo(listen: SocketAddr) -> Result<()> {
-    let sock =
-        std::net::UdpSocket::bind(listen).with_context(|| format!("binding UDP {listen}"))?;
+/// carries its own sequence number and timestamp). `threads` sockets share the port.
+fn echo(listen: SocketAddr, threads: usize) -> Result<()> {
+    let threads = match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let socks = (0..threads)
+        .map(|_| echo_socket(listen))
+        .collect::<Result<Vec<_>>>()?;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = socks
+            .into_iter()
+            .map(|sock| scope.spawn(move || echo_loop(&sock)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| bail!("echo thread panicked")))
+            .collect::<Result<Vec<()>>>()
+            .map(|_| ())
+    })
+}
+
+/// One of the echo's sockets: `SO_REUSEPORT`, so several bind the same port.
+fn echo_socket(listen: SocketAddr) -> Result<std::net::UdpSocket> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(listen),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    sock.set_reuse_port(true)?;
     // Room for the bursts a hundred sessions send at once (the kernel caps it at
     // net.core.rmem_max); what still overflows shows up as unanswered probes.
-    let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(4 << 20);
+    let _ = sock.set_recv_buffer_size(4 << 20);
+    sock.bind(&listen.into())
+        .with_context(|| format!("binding UDP {listen}"))?;
+    Ok(sock.into())
+}
+
+fn echo_loop(sock: &std::net::UdpSocket) -> Result<()> {
     let mut buf = vec![0u8; 65536];
     loop {
         let (n, from) = sock.recv_from(&mut buf).context("UDP receive")?;
@@ -336,6 +373,25 @@ fn echo(listen: SocketAddr) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn echo_sockets_share_a_port() {
+        let a = echo_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = a.local_addr().unwrap();
+        let b = echo_socket(port).unwrap();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        for sock in [a, b] {
+            std::thread::spawn(move || echo_loop(&sock));
+        }
+        client.send_to(b"probe", port).unwrap();
+        let mut buf = [0u8; 16];
+        let (n, from) = client.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"probe");
+        assert_eq!(from, port);
+    }
 
     #[test]
     fn sources_expand_ranges_and_reject_backwards_ones() {
