@@ -59,6 +59,7 @@ use tunnel_proto::dtls::{self as wire, HelloError, Payload, APP_ID_LEN};
 use tunnel_proto::mtu;
 use tunnel_proto::timers::DtlsDpd;
 
+use crate::dtls_record::{Channel, Opened, Refused};
 use crate::metrics::{
     DtlsDrop, Metrics, DTLS_DPD_ANSWERED, DTLS_DPD_SENT, DTLS_OVERSIZE, DTLS_OWN_SOCKET,
     DTLS_OWN_SOCKET_FAILED,
@@ -727,8 +728,79 @@ struct Endpoint {
     /// The `random` of the ClientHello that started it, to recognise late retransmits.
     hello_random: [u8; 32],
     stream: SslStream<Shim>,
+    /// The gateway's own record layer once established with an AES-GCM suite; OpenSSL's
+    /// `SSL_read`/`SSL_write` otherwise (see [`crate::dtls_record`]).
+    records: Option<Channel>,
     /// Its own connected socket, once established (`dtls.socket_per_session`).
     own: Option<OwnSocket>,
+}
+
+impl Endpoint {
+    /// Queues one application-data record carrying `plain` (type byte and payload) for
+    /// [`DtlsLink::flush`]. False when the channel can write no more.
+    fn write_record(&mut self, plain: &[u8]) -> bool {
+        match &mut self.records {
+            Some(ch) => {
+                let shim = self.stream.get_mut();
+                ch.seal(plain, &mut shim.out)
+                    .map(|n| shim.lens.push(n))
+                    .is_some()
+            }
+            None => self.stream.ssl_write(plain).is_ok(),
+        }
+    }
+}
+
+/// Where the IP packets of decrypted records go.
+struct UpSink<'a> {
+    up: &'a mut Vec<Bytes>,
+    arena: &'a mut BytesMut,
+    packets: &'a mut u64,
+    bytes: &'a mut u64,
+}
+
+/// What reading the established channel found.
+#[derive(Debug, Default, Clone, Copy)]
+struct ReadOutcome {
+    /// At least one record authenticated: the peer is alive.
+    valid: bool,
+    /// The channel is over (closed by the peer, or it can write no more).
+    closed: bool,
+}
+
+/// Handles one decrypted application-data record (type byte and payload): an IP packet goes to
+/// `sink`, a DPD request is answered through `write`. False when `write` failed.
+fn on_plaintext(
+    record: &[u8],
+    sink: &mut UpSink<'_>,
+    reply: &mut Vec<u8>,
+    server: &DtlsServer,
+    mut write: impl FnMut(&[u8]) -> bool,
+) -> bool {
+    match wire::decode(record) {
+        Ok(Payload::Data(pkt)) => {
+            *sink.packets += 1;
+            *sink.bytes += pkt.len() as u64;
+            sink.up
+                .push(copy_into(sink.arena, pkt, SESSION_ARENA_CHUNK));
+        }
+        Ok(Payload::DpdRequest(rest)) => {
+            reply.clear();
+            wire::dpd_response(rest, reply);
+            return write(reply);
+        }
+        Ok(Payload::DpdResponse) => {
+            // The gateway sends no MTU probes: this answers its DPD request.
+            server
+                .metrics
+                .dtls_events
+                .with_label_values(&[DTLS_DPD_ANSWERED])
+                .inc();
+        }
+        Ok(Payload::Keepalive) => {}
+        Ok(_) | Err(_) => server.metrics.dtls_drop(DtlsDrop::BadRecord, 1),
+    }
+    true
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -927,14 +999,18 @@ impl DtlsLink {
                         continue;
                     }
                 };
-                for (m, slot) in meta.iter().zip(storage.chunks(RECV_SLOT)).take(n) {
-                    let Some(data) = slot.get(..m.len) else {
+                for (m, slot) in meta.iter().zip(storage.chunks_mut(RECV_SLOT)).take(n) {
+                    let Some(data) = slot.get_mut(..m.len) else {
                         continue;
                     };
                     let ours = m.addr.ip().to_canonical() == own_peer.ip()
                         && m.addr.port() == own_peer.port();
-                    for d in data.chunks(m.stride.max(1)) {
-                        if ours {
+                    for d in data.chunks_mut(m.stride.max(1)) {
+                        if ours && self.opens_in_place(d) {
+                            // Application data of the channel: opened where it landed.
+                            let outcome = self.open_own(d, up);
+                            event = self.finish_read(outcome, now).or(event);
+                        } else if ours {
                             // The address it was sent to (IP_PKTINFO) goes along: a new handshake
                             // from this peer needs it to open its own socket.
                             let inb = Inbound {
@@ -955,6 +1031,19 @@ impl DtlsLink {
             }
         });
         event
+    }
+
+    /// True when `d`, from the established peer, is for the gateway's own record layer to open
+    /// as it is: application data or an alert, with that layer in charge. Anything else (a new
+    /// ClientHello, the handshake again) takes the general path of [`Self::on_datagram`].
+    fn opens_in_place(&self, d: &[u8]) -> bool {
+        self.established
+            .as_ref()
+            .is_some_and(|e| e.records.is_some())
+            && matches!(
+                d.first(),
+                Some(&wire::CONTENT_APPLICATION_DATA) | Some(&wire::CONTENT_ALERT)
+            )
     }
 
     fn forget(&self, peer: SocketAddr) {
@@ -980,6 +1069,7 @@ impl DtlsLink {
             local,
             hello_random: hello_random(d),
             stream,
+            records: None,
             own: None,
         })
     }
@@ -1052,7 +1142,7 @@ impl DtlsLink {
         // records to a handshake from the same peer if there is one.
         let app_record = matches!(
             data.first(),
-            Some(&wire::CONTENT_APPLICATION_DATA) | Some(21)
+            Some(&wire::CONTENT_APPLICATION_DATA) | Some(&wire::CONTENT_ALERT)
         );
         let to_established = self.established.as_ref().is_some_and(|e| e.peer == peer)
             && (app_record || self.pending.as_ref().is_none_or(|p| p.ep.peer != peer));
@@ -1136,26 +1226,64 @@ impl DtlsLink {
         self.last_rx = now;
         self.active = true;
         self.dpd.on_receive(now);
-        // The datagram that finished the handshake may carry records already.
+        // The datagram that finished the handshake may carry records already: OpenSSL reads
+        // those, then hands the channel over with what it has written.
         let _ = self.read_established(now, up);
+        if let Some(ep) = self.established.as_mut() {
+            let shim = ep.stream.get_ref();
+            ep.records = Channel::take_over(ep.stream.ssl(), &shim.out, &shim.lens);
+            tracing::debug!(
+                session = self.session_id,
+                own = ep.records.is_some(),
+                "DTLS record layer"
+            );
+        }
         LinkEvent::Established { peer }
     }
 
     fn read_established(&mut self, now: Instant, up: &mut Vec<Bytes>) -> Option<LinkEvent> {
+        let ep = self.established.as_mut()?;
+        let outcome = if ep.records.is_some() {
+            // A datagram that came as `Bytes` (through the demux): opened in a scratch copy.
+            let data = ep.stream.get_mut().inbox.take()?;
+            let mut scratch = std::mem::take(&mut self.plain);
+            scratch.clear();
+            scratch.extend_from_slice(&data);
+            let outcome = self.open_own(&mut scratch, up);
+            self.plain = scratch;
+            outcome
+        } else {
+            self.read_openssl(up)
+        };
+        self.finish_read(outcome, now)
+    }
+
+    /// Reads the established channel's records through OpenSSL (a suite the gateway's own
+    /// record layer does not do, or the datagram that completed the handshake).
+    fn read_openssl(&mut self, up: &mut Vec<Bytes>) -> ReadOutcome {
         let Self {
             established,
             plain,
             reply,
             arena,
             server,
+            up_packets,
+            up_bytes,
             ..
         } = self;
-        let ep = established.as_mut()?;
+        let mut outcome = ReadOutcome::default();
+        let Some(ep) = established.as_mut() else {
+            return outcome;
+        };
         if plain.len() < MAX_PLAINTEXT {
             plain.resize(MAX_PLAINTEXT, 0);
         }
-        let mut closed = false;
-        let mut valid = false;
+        let mut sink = UpSink {
+            up,
+            arena,
+            packets: up_packets,
+            bytes: up_bytes,
+        };
         loop {
             let n = match ep.stream.ssl_read(plain) {
                 Ok(0) => break,
@@ -1166,45 +1294,101 @@ impl DtlsLink {
                         server.metrics.dtls_drop(DtlsDrop::BadRecord, 1);
                         tracing::debug!(error = %e, "DTLS read error");
                     }
-                    closed = true;
+                    outcome.closed = true;
                     break;
                 }
             };
             let Some(record) = plain.get(..n) else { break };
-            valid = true;
-            match wire::decode(record) {
-                Ok(Payload::Data(pkt)) => {
-                    self.up_packets += 1;
-                    self.up_bytes += pkt.len() as u64;
-                    up.push(copy_into(arena, pkt, SESSION_ARENA_CHUNK));
-                }
-                Ok(Payload::DpdRequest(rest)) => {
-                    reply.clear();
-                    wire::dpd_response(rest, reply);
-                    if ep.stream.ssl_write(reply).is_err() {
-                        closed = true;
-                        break;
-                    }
-                }
-                Ok(Payload::DpdResponse) => {
-                    // The gateway sends no MTU probes: this answers its DPD request.
-                    server
-                        .metrics
-                        .dtls_events
-                        .with_label_values(&[DTLS_DPD_ANSWERED])
-                        .inc();
-                }
-                Ok(Payload::Keepalive) => {}
-                Ok(_) | Err(_) => server.metrics.dtls_drop(DtlsDrop::BadRecord, 1),
+            outcome.valid = true;
+            if !on_plaintext(record, &mut sink, reply, server, |r| {
+                ep.stream.ssl_write(r).is_ok()
+            }) {
+                outcome.closed = true;
+                break;
             }
         }
         ep.stream.get_mut().inbox = None;
-        if valid {
+        outcome
+    }
+
+    /// Opens the records of one datagram from the established peer with the gateway's own record
+    /// layer, in place in `d`.
+    fn open_own(&mut self, d: &mut [u8], up: &mut Vec<Bytes>) -> ReadOutcome {
+        let Self {
+            established,
+            reply,
+            arena,
+            server,
+            up_packets,
+            up_bytes,
+            ..
+        } = self;
+        let mut outcome = ReadOutcome::default();
+        let Some(Endpoint {
+            records: Some(ch),
+            stream,
+            ..
+        }) = established.as_mut()
+        else {
+            return outcome;
+        };
+        let shim = stream.get_mut();
+        let mut sink = UpSink {
+            up,
+            arena,
+            packets: up_packets,
+            bytes: up_bytes,
+        };
+        let mut handshake = false;
+        let mut rest = d;
+        while let Some(h) = wire::RecordHeader::parse(rest) {
+            let Some(end) = wire::RECORD_HEADER_LEN
+                .checked_add(h.len)
+                .filter(|&end| end <= rest.len())
+            else {
+                server.metrics.dtls_drop(DtlsDrop::BadRecord, 1);
+                break;
+            };
+            let (record, tail) = std::mem::take(&mut rest).split_at_mut(end);
+            rest = tail;
+            match ch.open(&h, record) {
+                Ok(Opened::Data(plain)) => {
+                    outcome.valid = true;
+                    let written = on_plaintext(plain, &mut sink, reply, server, |r| {
+                        ch.seal(r, &mut shim.out)
+                            .map(|n| shim.lens.push(n))
+                            .is_some()
+                    });
+                    if !written {
+                        outcome.closed = true;
+                        break;
+                    }
+                }
+                Ok(Opened::Closed) => {
+                    outcome.valid = true;
+                    outcome.closed = true;
+                    break;
+                }
+                Ok(Opened::Warning) => outcome.valid = true,
+                Ok(Opened::Handshake) => handshake = true,
+                Err(Refused::Replayed) => server.metrics.dtls_drop(DtlsDrop::Replayed, 1),
+                Err(Refused::Bad) => server.metrics.dtls_drop(DtlsDrop::BadRecord, 1),
+            }
+        }
+        // The client's last flight again, in one datagram or several: one answer each.
+        if handshake {
+            ch.resend_final(&mut shim.out, &mut shim.lens);
+        }
+        outcome
+    }
+
+    fn finish_read(&mut self, outcome: ReadOutcome, now: Instant) -> Option<LinkEvent> {
+        if outcome.valid {
             self.last_rx = now;
             self.active = true;
             self.dpd.on_receive(now);
         }
-        if closed {
+        if outcome.closed {
             tracing::info!(session = self.session_id, "DTLS channel closed");
             self.close_established();
             return Some(LinkEvent::Closed);
@@ -1244,7 +1428,7 @@ impl DtlsLink {
                 .inc();
             return false;
         }
-        if ep.stream.ssl_write(record).is_ok() {
+        if ep.write_record(record) {
             return true;
         }
         tracing::info!(session = self.session_id, "DTLS write failed; back to CSTP");
@@ -1324,11 +1508,7 @@ impl DtlsLink {
         }
         if self.is_active() && self.dpd.handle_timeout(now) {
             if let Some(ep) = self.established.as_mut() {
-                if ep
-                    .stream
-                    .ssl_write(&[cstp::FrameType::DpdRequest as u8])
-                    .is_err()
-                {
+                if !ep.write_record(&[cstp::FrameType::DpdRequest as u8]) {
                     tracing::info!(
                         session = self.session_id,
                         "DTLS DPD write failed; back to CSTP"
@@ -1588,11 +1768,16 @@ mod tests {
 
     impl Client {
         fn new(app_id: &[u8; 32], psk: [u8; 32], port: u16) -> Self {
+            Self::offering(app_id, psk, port, CIPHERS)
+        }
+
+        /// A client that offers only `ciphers`.
+        fn offering(app_id: &[u8; 32], psk: [u8; 32], port: u16, ciphers: &str) -> Self {
             use openssl::ssl::SslSession;
             let mut b = SslContextBuilder::new(SslMethod::dtls()).unwrap();
             b.set_min_proto_version(Some(SslVersion::DTLS1_2)).unwrap();
             b.set_max_proto_version(Some(SslVersion::DTLS1_2)).unwrap();
-            b.set_cipher_list(CIPHERS).unwrap();
+            b.set_cipher_list(ciphers).unwrap();
             b.set_options(SslOptions::NO_QUERY_MTU | SslOptions::NO_TICKET);
             b.set_psk_client_callback(move |_, _, identity, key| {
                 identity[..4].copy_from_slice(b"psk\0");
@@ -1679,13 +1864,26 @@ mod tests {
 
     /// Runs a handshake between `client` and `link` in memory; returns the link's last event.
     fn handshake(client: &mut Client, link: &mut DtlsLink, now: Instant) -> Option<LinkEvent> {
+        handshake_flights(client, link, now).0
+    }
+
+    /// [`handshake`], also returning the last flight each side sent (client, then gateway).
+    fn handshake_flights(
+        client: &mut Client,
+        link: &mut DtlsLink,
+        now: Instant,
+    ) -> (Option<LinkEvent>, Vec<Bytes>, Vec<Bytes>) {
         let mut up = Vec::new();
         let _ = client.stream.do_handshake();
         let mut last = None;
+        let (mut client_flight, mut gw_flight) = (Vec::new(), Vec::new());
         for _ in 0..10 {
             let to_gw = client.take();
             if to_gw.is_empty() && client.stream.ssl().is_init_finished() {
                 break;
+            }
+            if !to_gw.is_empty() {
+                client_flight.clone_from(&to_gw);
             }
             for d in to_gw {
                 let inb = Inbound {
@@ -1697,13 +1895,164 @@ mod tests {
                     last = Some(ev);
                 }
             }
-            for (peer, d) in link_out(link) {
+            let out = link_out(link);
+            if !out.is_empty() {
+                gw_flight = out.iter().map(|(_, d)| d.clone()).collect();
+            }
+            for (peer, d) in out {
                 if peer == client.peer {
                     client.feed(d);
                 }
             }
         }
-        last
+        (last, client_flight, gw_flight)
+    }
+
+    fn inbound(port: u16, data: Bytes) -> Inbound {
+        Inbound {
+            peer: addr(port),
+            local: None,
+            data,
+        }
+    }
+
+    fn drops(srv: &DtlsServer, reason: &str) -> u64 {
+        srv.metrics.dtls_drops.with_label_values(&[reason]).get()
+    }
+
+    /// Sends one DATA record each way between an established `client` and `link`; true if both
+    /// arrived intact.
+    fn data_both_ways(client: &mut Client, link: &mut DtlsLink, port: u16, now: Instant) -> bool {
+        let pkt = [
+            0x45u8, 0, 0, 20, 1, 2, 3, 4, 64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1,
+        ];
+        let mut up = Vec::new();
+        for d in client.send(&[&[0x00][..], &pkt].concat()) {
+            link.on_datagram(inbound(port, d), now, &mut up);
+        }
+        let mut frame = Vec::new();
+        cstp::encode(cstp::FrameType::Data, &pkt, &mut frame).unwrap();
+        let sent = link.encrypt_frame(&frame);
+        let got: Vec<Vec<u8>> = link_out(link)
+            .into_iter()
+            .flat_map(|(_, d)| client.feed(d))
+            .collect();
+        sent && up.len() == 1 && up[0][..] == pkt[..] && got == vec![[&[0x00][..], &pkt].concat()]
+    }
+
+    #[tokio::test]
+    async fn aes_gcm_channels_move_to_the_gateways_record_layer_and_chacha_stays_with_openssl() {
+        for (i, (ciphers, own)) in [
+            ("PSK-AES128-GCM-SHA256", true),
+            ("PSK-AES256-GCM-SHA384", true),
+            ("PSK-CHACHA20-POLY1305", false),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (srv, _ctl) = server().await;
+            let psk = [0x42; 32];
+            let mut link = srv.register(1, psk, params());
+            let port = 9400 + u16::try_from(i).unwrap();
+            let mut client = Client::offering(&link.app_id(), psk, port, ciphers);
+            let now = Instant::now();
+            assert_eq!(
+                handshake(&mut client, &mut link, now),
+                Some(LinkEvent::Established { peer: addr(port) })
+            );
+            assert_eq!(
+                client.stream.ssl().current_cipher().unwrap().name(),
+                ciphers
+            );
+            let ep = link.established.as_ref().unwrap();
+            assert_eq!(ep.records.is_some(), own, "{ciphers}");
+            // OpenSSL's client decrypts what the gateway sealed and the other way round, many
+            // times (the sequence numbers continue from OpenSSL's Finished).
+            for _ in 0..3 {
+                assert!(
+                    data_both_ways(&mut client, &mut link, port, now),
+                    "{ciphers}"
+                );
+            }
+            assert_eq!(drops(&srv, "bad_record") + drops(&srv, "replayed"), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn replayed_and_forged_records_are_dropped_and_the_last_flight_is_sent_again() {
+        let (srv, _ctl) = server().await;
+        let psk = [0x42; 32];
+        let mut link = srv.register(1, psk, params());
+        let port = 9410;
+        let mut client = Client::new(&link.app_id(), psk, port);
+        let now = Instant::now();
+        let (event, client_flight, gw_flight) = handshake_flights(&mut client, &mut link, now);
+        assert_eq!(event, Some(LinkEvent::Established { peer: addr(port) }));
+        assert!(link.established.as_ref().unwrap().records.is_some());
+        assert!(!client_flight.is_empty() && !gw_flight.is_empty());
+
+        // The client's last flight again (ours was lost): the same bytes answer it.
+        for d in &client_flight {
+            assert_eq!(
+                link.on_datagram(inbound(port, d.clone()), now, &mut Vec::new()),
+                None
+            );
+        }
+        let again: Vec<Bytes> = link_out(&mut link).into_iter().map(|(_, d)| d).collect();
+        assert_eq!(again, gw_flight);
+
+        let pkt = [
+            0x45u8, 0, 0, 20, 1, 2, 3, 4, 64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1,
+        ];
+        let rec = [&[0x00][..], &pkt].concat();
+        let mut up = Vec::new();
+        let first = client.send(&rec);
+        assert_eq!(first.len(), 1);
+        link.on_datagram(inbound(port, first[0].clone()), now, &mut up);
+        assert_eq!(up.len(), 1);
+        // The same datagram again is a replay.
+        link.on_datagram(inbound(port, first[0].clone()), now, &mut up);
+        assert_eq!(up.len(), 1);
+        assert_eq!(drops(&srv, "replayed"), 1);
+
+        // A flipped bit anywhere after the header fails authentication and does not use up the
+        // record's sequence number: the genuine record still gets through.
+        let genuine = client.send(&rec).remove(0);
+        for at in [
+            wire::RECORD_HEADER_LEN,
+            wire::RECORD_HEADER_LEN + 9,
+            genuine.len() - 1,
+        ] {
+            let mut forged = genuine.to_vec();
+            forged[at] ^= 0x01;
+            link.on_datagram(inbound(port, Bytes::from(forged)), now, &mut up);
+        }
+        // So does a changed header (it is authenticated data): another sequence number.
+        let mut forged = genuine.to_vec();
+        forged[10] ^= 0x01;
+        link.on_datagram(inbound(port, Bytes::from(forged)), now, &mut up);
+        assert_eq!(drops(&srv, "bad_record"), 4);
+        assert_eq!(up.len(), 1);
+        link.on_datagram(inbound(port, genuine), now, &mut up);
+        assert_eq!(up.len(), 2);
+        assert!(link.is_active());
+
+        // Once the client has sent data it has our Finished: its old flight gets no answer.
+        for d in &client_flight {
+            link.on_datagram(inbound(port, d.clone()), now, &mut up);
+        }
+        assert!(link_out(&mut link).is_empty());
+        assert!(data_both_ways(&mut client, &mut link, port, now));
+
+        // A close_notify ends the channel.
+        client.stream.shutdown().unwrap();
+        for d in client.take() {
+            assert_eq!(
+                link.on_datagram(inbound(port, d), now, &mut up),
+                Some(LinkEvent::Closed)
+            );
+        }
+        assert!(link.established.is_none());
     }
 
     #[tokio::test]

@@ -88,11 +88,14 @@ pub enum DtlsDrop {
     StalePeer,
     /// Not accepted by the session's DTLS state (bad record, alert, unexpected type).
     BadRecord,
+    /// A record of the established channel whose sequence number was already seen or is too old
+    /// for the anti-replay window (RFC 6347 §4.1.2.6).
+    Replayed,
 }
 
 impl DtlsDrop {
     /// How many reasons there are.
-    pub(crate) const COUNT: usize = 6;
+    pub(crate) const COUNT: usize = 7;
     /// Every reason, in [`Self::index`] order.
     pub(crate) const ALL: [Self; Self::COUNT] = [
         Self::UnknownPeer,
@@ -101,6 +104,7 @@ impl DtlsDrop {
         Self::QueueFull,
         Self::StalePeer,
         Self::BadRecord,
+        Self::Replayed,
     ];
 
     /// The label value.
@@ -112,6 +116,7 @@ impl DtlsDrop {
             Self::QueueFull => "queue_full",
             Self::StalePeer => "stale_peer",
             Self::BadRecord => "bad_record",
+            Self::Replayed => "replayed",
         }
     }
 

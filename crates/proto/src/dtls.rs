@@ -11,9 +11,16 @@
 //! * [`dpd_response`]: the answer to a DPD request, which must echo the request's bytes after the
 //!   type byte with the same length. openconnect's MTU probes are DPD requests and the tunnel does
 //!   not come up until they are answered this way (§7.7).
+//! * [`RecordHeader`], [`records`] and [`ReplayWindow`]: the DTLS 1.2 record header (RFC 6347
+//!   §4.1), the records packed in one datagram, and the anti-replay window (§4.1.2.6), for the
+//!   gateway's own record layer on an established channel.
 
 use crate::cstp::FrameType;
 
+/// DTLS record content type of ChangeCipherSpec records.
+pub const CONTENT_CHANGE_CIPHER_SPEC: u8 = 20;
+/// DTLS record content type of alert records.
+pub const CONTENT_ALERT: u8 = 21;
 /// DTLS record content type of handshake records.
 pub const CONTENT_HANDSHAKE: u8 = 22;
 /// DTLS record content type of application-data records.
@@ -188,6 +195,119 @@ pub fn dpd_response(request: &[u8], out: &mut Vec<u8>) {
     encode(FrameType::DpdResponse, request, out);
 }
 
+/// The record version of DTLS 1.2.
+pub const DTLS12: [u8; 2] = [0xFE, 0xFD];
+/// Largest sequence number of an epoch (48 bits).
+pub const MAX_SEQ: u64 = (1 << 48) - 1;
+
+/// A DTLS record header (RFC 6347 §4.1): 13 bytes in front of every record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// Content type (20 ChangeCipherSpec, 21 alert, 22 handshake, 23 application data).
+    pub content: u8,
+    /// Record version bytes.
+    pub version: [u8; 2],
+    /// Epoch: 0 during the first handshake, 1 once its keys are in use.
+    pub epoch: u16,
+    /// Sequence number within the epoch (48 bits).
+    pub seq: u64,
+    /// Length of the record's body after the header.
+    pub len: usize,
+}
+
+impl RecordHeader {
+    /// Reads the header at the start of `d`; `None` if `d` is shorter than a header.
+    #[must_use]
+    pub fn parse(d: &[u8]) -> Option<Self> {
+        let h: &[u8; RECORD_HEADER_LEN] = d.get(..RECORD_HEADER_LEN)?.try_into().ok()?;
+        let [content, v0, v1, e0, e1, s0, s1, s2, s3, s4, s5, l0, l1] = *h;
+        Some(Self {
+            content,
+            version: [v0, v1],
+            epoch: u16::from_be_bytes([e0, e1]),
+            seq: u64::from_be_bytes([0, 0, s0, s1, s2, s3, s4, s5]),
+            len: usize::from(u16::from_be_bytes([l0, l1])),
+        })
+    }
+
+    /// The header's 13 bytes (the sequence number's top 16 bits and the length's beyond 16 bits
+    /// are not representable and are cut; callers keep `seq` <= [`MAX_SEQ`] and `len` < 64 KiB).
+    #[must_use]
+    pub fn to_bytes(&self) -> [u8; RECORD_HEADER_LEN] {
+        let [e0, e1] = self.epoch.to_be_bytes();
+        let [_, _, s0, s1, s2, s3, s4, s5] = self.seq.to_be_bytes();
+        let [l0, l1] = u16::try_from(self.len).unwrap_or(u16::MAX).to_be_bytes();
+        let [v0, v1] = self.version;
+        [self.content, v0, v1, e0, e1, s0, s1, s2, s3, s4, s5, l0, l1]
+    }
+
+    /// Epoch and sequence number as the 8 bytes AEAD nonces and additional data use.
+    #[must_use]
+    pub fn epoch_seq(&self) -> [u8; 8] {
+        ((u64::from(self.epoch) << 48) | (self.seq & MAX_SEQ)).to_be_bytes()
+    }
+}
+
+/// The records packed in one datagram, in order, each as its header and its whole bytes (header
+/// included). Stops at the first record whose length runs past the datagram: RFC 6347 §4.1.2.7
+/// lets a receiver drop the rest of a datagram it cannot parse.
+pub fn records(d: &[u8]) -> impl Iterator<Item = (RecordHeader, &[u8])> {
+    let mut rest = d;
+    std::iter::from_fn(move || {
+        let h = RecordHeader::parse(rest)?;
+        let end = RECORD_HEADER_LEN.checked_add(h.len)?;
+        let record = rest.get(..end)?;
+        rest = rest.get(end..).unwrap_or_default();
+        Some((h, record))
+    })
+}
+
+/// The anti-replay window of one epoch (RFC 6347 §4.1.2.6): the highest sequence number
+/// authenticated so far and which of the 63 below it were seen. A record is checked before it is
+/// decrypted and marked only once it authenticated, so forged records cannot move the window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplayWindow {
+    top: u64,
+    /// Bit i set: `top - i` was seen (bit 0 is `top` itself once anything was marked).
+    seen: u64,
+}
+
+impl ReplayWindow {
+    /// A window that has seen nothing.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// True if `seq` is new: above the window, or inside it and not seen yet.
+    #[must_use]
+    pub fn check(&self, seq: u64) -> bool {
+        if self.seen == 0 || seq > self.top {
+            return true;
+        }
+        let back = self.top - seq;
+        back < 64 && self.seen & (1 << back) == 0
+    }
+
+    /// Records `seq` as seen (after its record authenticated).
+    pub fn mark(&mut self, seq: u64) {
+        if self.seen == 0 {
+            self.top = seq;
+            self.seen = 1;
+        } else if seq > self.top {
+            let shift = seq - self.top;
+            self.seen = if shift >= 64 {
+                1
+            } else {
+                (self.seen << shift) | 1
+            };
+            self.top = seq;
+        } else if let Some(bit) = 1u64.checked_shl(u32::try_from(self.top - seq).unwrap_or(64)) {
+            self.seen |= bit;
+        }
+    }
+}
+
 /// Largest UDP payload handed to the kernel in one GSO send.
 pub const MAX_GSO_BYTES: usize = 64000;
 
@@ -217,6 +337,70 @@ pub fn gso_batch(lens: &[usize], max_segments: usize) -> (usize, usize) {
 mod tests {
     use super::*;
     use crate::testutil::mutations;
+
+    #[test]
+    fn record_headers_round_trip_and_datagrams_split_into_records() {
+        let h = RecordHeader {
+            content: CONTENT_APPLICATION_DATA,
+            version: DTLS12,
+            epoch: 1,
+            seq: 0x0102_0304_0506,
+            len: 3,
+        };
+        let bytes = h.to_bytes();
+        assert_eq!(bytes, [23, 0xFE, 0xFD, 0, 1, 1, 2, 3, 4, 5, 6, 0, 3]);
+        assert_eq!(RecordHeader::parse(&bytes), Some(h));
+        assert_eq!(h.epoch_seq(), [0, 1, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(RecordHeader::parse(&bytes[..12]), None);
+        let mut d = bytes.to_vec();
+        d.extend_from_slice(b"abc");
+        let second = RecordHeader {
+            content: CONTENT_ALERT,
+            seq: 7,
+            len: 2,
+            ..h
+        };
+        d.extend_from_slice(&second.to_bytes());
+        d.extend_from_slice(b"xy");
+        // A third record whose length runs past the datagram is not returned.
+        d.extend_from_slice(&RecordHeader { len: 100, ..h }.to_bytes());
+        d.extend_from_slice(b"short");
+        let got: Vec<_> = records(&d).collect();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].0, h);
+        assert_eq!(got[0].1.len(), 16);
+        assert_eq!(got[1].0, second);
+        assert_eq!(&got[1].1[13..], b"xy");
+        for m in mutations(&d, 2_000, 0x7ec0) {
+            for (h, r) in records(&m) {
+                assert_eq!(r.len(), RECORD_HEADER_LEN + h.len);
+            }
+        }
+    }
+
+    #[test]
+    fn the_replay_window_refuses_repeats_and_records_too_old() {
+        let mut w = ReplayWindow::new();
+        assert!(w.check(5));
+        w.mark(5);
+        assert!(!w.check(5));
+        assert!(w.check(4) && w.check(6));
+        w.mark(3);
+        assert!(!w.check(3) && w.check(4));
+        w.mark(100);
+        assert!(!w.check(100) && !w.check(5) && !w.check(36));
+        assert!(w.check(37) && w.check(99) && w.check(101));
+        w.mark(37);
+        assert!(!w.check(37));
+        // Exactly 64 back is outside the window.
+        w.mark(200);
+        assert!(!w.check(136) && w.check(137));
+        w.mark(137);
+        assert!(!w.check(137));
+        // A jump of 64 or more forgets everything below.
+        w.mark(1000);
+        assert!(!w.check(200) && !w.check(1000) && w.check(999));
+    }
 
     #[test]
     fn gso_batches_are_runs_of_one_size_ending_at_most_one_shorter_datagram() {
