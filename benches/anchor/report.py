@@ -464,6 +464,16 @@ def main():
         p("  1,179 with the one-thread echo, 1,343 and 1,349 with two (0.92, 0.86). Letting a")
         p("  thread's sessions run after every TUN read, instead of draining up to 65 reads first, made")
         p("  it worse (by hand: 1,721-2,391 Mbit/s of UDP echo at 0.36-0.61 cores per Gbit/s).")
+    d_icmp, d_udp = ours.get("dtls_tput_cores_per_gbit"), ours.get("udp_dtls_tput_cores_per_gbit")
+    if d_icmp is not None and d_udp is not None:
+        p("* **DTLS record layer.** OpenSSL runs each DTLS handshake; an established AES-GCM channel's")
+        p("  records are then sealed and opened by tunneld itself (aws-lc, keys derived from OpenSSL's")
+        p("  master secret), in place in its own buffers, where `SSL_read`/`SSL_write` and a BIO")
+        p("  copied each datagram four times and paid OpenSSL 3's per-record lookups")
+        p("  ([architecture](architecture.md)). Server cores per Gbit/s over DTLS, anchor at 43a8945")
+        p(f"  (OpenSSL's record layer, one-thread UDP echo) against this run: ICMP echo 0.53 and {fmt(d_icmp, 2)},")
+        p(f"  UDP echo 0.34 and {fmt(d_udp, 2)}. By hand, alternating builds, UDP echo over DTLS with the")
+        p("  echo on two threads: 0.33 and 0.28 before, 0.26 and 0.23 after.")
     dl, dl_o = ours.get("dtls_added_latency"), theirs.get("dtls_added_latency")
     tl, tl_o = ours.get("added_latency"), theirs.get("added_latency")
     if dl is not None and dl_o is not None and dl > dl_o:
