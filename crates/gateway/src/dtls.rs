@@ -759,6 +759,15 @@ struct UpSink<'a> {
     bytes: &'a mut u64,
 }
 
+/// [`DtlsLink::reading`].
+struct Reading<'a> {
+    ep: Option<&'a mut Endpoint>,
+    sink: UpSink<'a>,
+    plain: &'a mut Vec<u8>,
+    reply: &'a mut Vec<u8>,
+    server: &'a DtlsServer,
+}
+
 /// What reading the established channel found.
 #[derive(Debug, Default, Clone, Copy)]
 struct ReadOutcome {
@@ -1261,29 +1270,20 @@ impl DtlsLink {
     /// Reads the established channel's records through OpenSSL (a suite the gateway's own
     /// record layer does not do, or the datagram that completed the handshake).
     fn read_openssl(&mut self, up: &mut Vec<Bytes>) -> ReadOutcome {
-        let Self {
-            established,
+        let mut outcome = ReadOutcome::default();
+        let Reading {
+            ep: Some(ep),
+            mut sink,
             plain,
             reply,
-            arena,
             server,
-            up_packets,
-            up_bytes,
-            ..
-        } = self;
-        let mut outcome = ReadOutcome::default();
-        let Some(ep) = established.as_mut() else {
+        } = self.reading(up)
+        else {
             return outcome;
         };
         if plain.len() < MAX_PLAINTEXT {
             plain.resize(MAX_PLAINTEXT, 0);
         }
-        let mut sink = UpSink {
-            up,
-            arena,
-            packets: up_packets,
-            bytes: up_bytes,
-        };
         loop {
             let n = match ep.stream.ssl_read(plain) {
                 Ok(0) => break,
@@ -1314,31 +1314,23 @@ impl DtlsLink {
     /// Opens the records of one datagram from the established peer with the gateway's own record
     /// layer, in place in `d`.
     fn open_own(&mut self, d: &mut [u8], up: &mut Vec<Bytes>) -> ReadOutcome {
-        let Self {
-            established,
-            reply,
-            arena,
-            server,
-            up_packets,
-            up_bytes,
-            ..
-        } = self;
         let mut outcome = ReadOutcome::default();
-        let Some(Endpoint {
-            records: Some(ch),
-            stream,
+        let Reading {
+            ep:
+                Some(Endpoint {
+                    records: Some(ch),
+                    stream,
+                    ..
+                }),
+            mut sink,
+            reply,
+            server,
             ..
-        }) = established.as_mut()
+        } = self.reading(up)
         else {
             return outcome;
         };
         let shim = stream.get_mut();
-        let mut sink = UpSink {
-            up,
-            arena,
-            packets: up_packets,
-            bytes: up_bytes,
-        };
         let mut handshake = false;
         let mut rest = d;
         while let Some(h) = wire::RecordHeader::parse(rest) {
@@ -1380,6 +1372,22 @@ impl DtlsLink {
             ch.resend_final(&mut shim.out, &mut shim.lens);
         }
         outcome
+    }
+
+    /// The parts of the link that reading the established channel uses, borrowed apart.
+    fn reading<'a>(&'a mut self, up: &'a mut Vec<Bytes>) -> Reading<'a> {
+        Reading {
+            ep: self.established.as_mut(),
+            sink: UpSink {
+                up,
+                arena: &mut self.arena,
+                packets: &mut self.up_packets,
+                bytes: &mut self.up_bytes,
+            },
+            plain: &mut self.plain,
+            reply: &mut self.reply,
+            server: &self.server,
+        }
     }
 
     fn finish_read(&mut self, outcome: ReadOutcome, now: Instant) -> Option<LinkEvent> {
