@@ -1987,6 +1987,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn every_damaged_copy_of_a_record_is_dropped_and_the_genuine_one_still_opens() {
+        let (srv, _ctl) = server().await;
+        let psk = [0x42; 32];
+        let mut link = srv.register(1, psk, params());
+        let port = 9420;
+        let mut client = Client::new(&link.app_id(), psk, port);
+        let now = Instant::now();
+        handshake(&mut client, &mut link, now);
+        assert!(link.established.as_ref().unwrap().records.is_some());
+        let pkt = [
+            0x45u8, 0, 0, 20, 1, 2, 3, 4, 64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1,
+        ];
+        let genuine = client.send(&[&[0x00][..], &pkt].concat()).remove(0);
+        let mut damaged: Vec<Vec<u8>> = Vec::new();
+        // Every bit of every byte flipped, every truncation, and a junk tail.
+        for i in 0..genuine.len() {
+            for bit in 0..8 {
+                let mut d = genuine.to_vec();
+                d[i] ^= 1 << bit;
+                damaged.push(d);
+            }
+            damaged.push(genuine[..i].to_vec());
+        }
+        let mut tail = genuine.to_vec();
+        tail.extend_from_slice(&[23, 0xFE, 0xFD, 0, 1, 0, 0, 0, 0, 0, 9, 0xFF, 0xFF, 1, 2]);
+        damaged.push(tail);
+        let mut up = Vec::new();
+        for d in damaged {
+            let d = Bytes::from(d);
+            let _ = link.on_datagram(inbound(port, d.clone()), now, &mut up);
+            // The own socket's path opens in place.
+            if link.opens_in_place(&d) {
+                let mut m = d.to_vec();
+                let _ = link.open_own(&mut m, &mut up);
+            }
+        }
+        // The damaged copy with the junk tail carries the genuine record: that one opens once.
+        assert_eq!(up.len(), 1);
+        link.on_datagram(inbound(port, genuine), now, &mut up);
+        assert_eq!(up.len(), 1, "the genuine record was already seen");
+        assert!(drops(&srv, "replayed") >= 1);
+        assert!(link.established.is_some());
+        assert!(data_both_ways(&mut client, &mut link, port, now));
+    }
+
+    #[tokio::test]
     async fn replayed_and_forged_records_are_dropped_and_the_last_flight_is_sent_again() {
         let (srv, _ctl) = server().await;
         let psk = [0x42; 32];
