@@ -740,15 +740,17 @@ impl Endpoint {
     /// [`DtlsLink::flush`]. False when the channel can write no more.
     fn write_record(&mut self, plain: &[u8]) -> bool {
         match &mut self.records {
-            Some(ch) => {
-                let shim = self.stream.get_mut();
-                ch.seal(plain, &mut shim.out)
-                    .map(|n| shim.lens.push(n))
-                    .is_some()
-            }
+            Some(ch) => seal_into(ch, self.stream.get_mut(), plain),
             None => self.stream.ssl_write(plain).is_ok(),
         }
     }
+}
+
+/// Seals one record with the gateway's own record layer into the datagrams waiting in `shim`.
+fn seal_into(ch: &mut Channel, shim: &mut Shim, plain: &[u8]) -> bool {
+    ch.seal(plain, &mut shim.out)
+        .map(|n| shim.lens.push(n))
+        .is_some()
 }
 
 /// Where the IP packets of decrypted records go.
@@ -1346,11 +1348,8 @@ impl DtlsLink {
             match ch.open(&h, record) {
                 Ok(Opened::Data(plain)) => {
                     outcome.valid = true;
-                    let written = on_plaintext(plain, &mut sink, reply, server, |r| {
-                        ch.seal(r, &mut shim.out)
-                            .map(|n| shim.lens.push(n))
-                            .is_some()
-                    });
+                    let written =
+                        on_plaintext(plain, &mut sink, reply, server, |r| seal_into(ch, shim, r));
                     if !written {
                         outcome.closed = true;
                         break;
@@ -1916,6 +1915,11 @@ mod tests {
         (last, client_flight, gw_flight)
     }
 
+    /// A minimal IPv4 packet for the record-layer tests.
+    const PKT: [u8; 20] = [
+        0x45, 0, 0, 20, 1, 2, 3, 4, 64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1,
+    ];
+
     fn inbound(port: u16, data: Bytes) -> Inbound {
         Inbound {
             peer: addr(port),
@@ -1931,9 +1935,7 @@ mod tests {
     /// Sends one DATA record each way between an established `client` and `link`; true if both
     /// arrived intact.
     fn data_both_ways(client: &mut Client, link: &mut DtlsLink, port: u16, now: Instant) -> bool {
-        let pkt = [
-            0x45u8, 0, 0, 20, 1, 2, 3, 4, 64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1,
-        ];
+        let pkt = PKT;
         let mut up = Vec::new();
         for d in client.send(&[&[0x00][..], &pkt].concat()) {
             link.on_datagram(inbound(port, d), now, &mut up);
@@ -1996,9 +1998,7 @@ mod tests {
         let now = Instant::now();
         handshake(&mut client, &mut link, now);
         assert!(link.established.as_ref().unwrap().records.is_some());
-        let pkt = [
-            0x45u8, 0, 0, 20, 1, 2, 3, 4, 64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1,
-        ];
+        let pkt = PKT;
         let genuine = client.send(&[&[0x00][..], &pkt].concat()).remove(0);
         let mut damaged: Vec<Vec<u8>> = Vec::new();
         // Every bit of every byte flipped, every truncation, and a junk tail.
@@ -2055,9 +2055,7 @@ mod tests {
         let again: Vec<Bytes> = link_out(&mut link).into_iter().map(|(_, d)| d).collect();
         assert_eq!(again, gw_flight);
 
-        let pkt = [
-            0x45u8, 0, 0, 20, 1, 2, 3, 4, 64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1,
-        ];
+        let pkt = PKT;
         let rec = [&[0x00][..], &pkt].concat();
         let mut up = Vec::new();
         let first = client.send(&rec);
