@@ -412,9 +412,26 @@ async fn session(
         let Ok(_permit) = sem.acquire().await else {
             return;
         };
-        match tunnel_client::connect(ctx.ep(idx), &ctx.creds(idx), source).await {
-            Ok(mut est) => settle_dtls(&ctx, &mut est).await.map(|()| est),
-            Err(e) => Err(e),
+        // Each step inside has its own deadlines; these bound each step whole, so a session
+        // whose server stops answering is counted as failed (with its stage) instead of holding
+        // the run.
+        let ep = ctx.ep(idx);
+        let creds = ctx.creds(idx);
+        let connect =
+            tokio::time::timeout(ep.setup_timeout, tunnel_client::connect(ep, &creds, source));
+        match connect.await {
+            Ok(Ok(mut est)) => {
+                tokio::time::timeout(ep.dtls_handshake_timeout, settle_dtls(&ctx, &mut est))
+                    .await
+                    .unwrap_or(Err(ClientError::Timeout {
+                        stage: "DTLS setup",
+                    }))
+                    .map(|()| est)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ClientError::Timeout {
+                stage: "session setup",
+            }),
         }
     };
     let est = match setup {
@@ -430,7 +447,10 @@ async fn session(
     })));
     let mut s = Live::new(Arc::clone(&ctx), idx, source, est.tunnel, est.cookie);
     if ctx.spec.verify {
-        let ok = s.probe_once(VERIFY_WAIT).await;
+        // probe_once waits VERIFY_WAIT for the answer; this bounds the sending around it too.
+        let ok = tokio::time::timeout(2 * VERIFY_WAIT, s.probe_once(VERIFY_WAIT))
+            .await
+            .unwrap_or(false);
         let _ = ev.send(Ev::Verified(ok));
     }
     loop {
