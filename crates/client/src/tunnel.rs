@@ -354,7 +354,8 @@ impl Tunnel {
                         continue;
                     };
                     for dgram in data.chunks(m.stride.max(1)) {
-                        change = d.chan.on_datagram(dgram, now, &mut self.dtls_packets);
+                        let next = d.chan.on_datagram(dgram, now, &mut self.dtls_packets);
+                        change = batch_change(change.take(), next);
                         if matches!(change, Some(ChannelChange::Failed(_))) {
                             return;
                         }
@@ -554,5 +555,30 @@ impl Tunnel {
     /// looks like to the server. The session stays for a cookie reconnect.
     pub fn abort(self) {
         let _ = self.tls.get_ref().0.set_zero_linger();
+    }
+}
+
+/// What a batch of datagrams did to the DTLS channel so far (`prev`) and then one more datagram
+/// (`next`): the newest change, and an earlier one when the newest datagram changed nothing. The
+/// datagram that completes the handshake is often followed by more in the same batch (a server
+/// repeating its last flight, a first DPD); taking only the last datagram's answer lost the `Up`
+/// and left the session waiting for DTLS for ever.
+fn batch_change(prev: Option<ChannelChange>, next: Option<ChannelChange>) -> Option<ChannelChange> {
+    next.or(prev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_keeps_the_handshake_completing_datagrams_up_when_more_follow() {
+        let up = Some(ChannelChange::Up);
+        // Up, then a repeated flight or a DPD that changes nothing: still Up.
+        assert_eq!(batch_change(batch_change(None, up.clone()), None), up);
+        // A failure after it wins.
+        let failed = Some(ChannelChange::Failed(DtlsFailure::Closed("x".into())));
+        assert_eq!(batch_change(up.clone(), failed.clone()), failed);
+        assert_eq!(batch_change(None, None), None);
     }
 }
