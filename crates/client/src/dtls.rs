@@ -9,7 +9,11 @@
 //!   random): the server matches the session on it and then does a full PSK handshake;
 //! * the record MTU is `X-CSTP-Base-MTU` − 28 (IPv4 and UDP headers).
 //!
-//! Once up, each record is `[type] + payload` ([`tunnel_proto::dtls`]): IP packets as DATA, DPD
+//! Once up with an AES-GCM suite, the records are sealed and opened by the same record layer as
+//! the gateway's ([`tunnel_proto::dtls_record`]), in place, and OpenSSL writes nothing more
+//! (ChaCha20-Poly1305 stays with OpenSSL).
+//!
+//! Each record is `[type] + payload` ([`tunnel_proto::dtls`]): IP packets as DATA, DPD
 //! requests answered with a one-byte DPD response, and this side's own keepalives and DPD requests
 //! from [`ChannelTimers`] (`X-DTLS-Keepalive`, `X-DTLS-DPD`). A channel that fails (handshake
 //! timeout or error, DPD dead, closed by the server, a write error) reports why and the tunnel
@@ -29,6 +33,7 @@ use openssl::ssl::{
 };
 use tunnel_proto::cstp::FrameType;
 use tunnel_proto::dtls::{self as wire, Payload};
+use tunnel_proto::dtls_record::{last_epoch_seq, Channel, Opened, Role};
 
 use crate::channel_timers::{ChannelEvent, ChannelTimers};
 
@@ -46,6 +51,8 @@ const IP_UDP: u32 = 28;
 const MIN_RECORD_MTU: u32 = 256;
 /// Largest record plaintext (2^14) plus room: a read must take a whole record.
 const MAX_PLAINTEXT: usize = 16 * 1024 + 256;
+/// Bytes allocated at once for received packets, which are split off it.
+const PACKET_ARENA: usize = 64 * 1024;
 
 /// Why the DTLS channel did not come up or went down. The tunnel keeps working over CSTP.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -147,6 +154,8 @@ struct Shim {
     has_inbox: bool,
     out: Vec<u8>,
     lens: VecDeque<usize>,
+    /// The highest epoch-1 sequence number OpenSSL wrote: the own record layer goes on after it.
+    last_seq: Option<u64>,
 }
 
 impl Read for Shim {
@@ -165,6 +174,7 @@ impl Read for Shim {
 
 impl Write for Shim {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.last_seq = self.last_seq.max(last_epoch_seq(buf, &[buf.len()]));
         self.out.extend_from_slice(buf);
         self.lens.push_back(buf.len());
         Ok(buf.len())
@@ -310,6 +320,8 @@ pub(crate) struct DtlsChannel {
     /// `Some` while the handshake runs.
     handshake_deadline: Option<Instant>,
     timers: Option<ChannelTimers>,
+    /// The own record layer, once up with an AES-GCM suite.
+    records: Option<Channel>,
     /// Decrypted records are read into it and split off without copying.
     plain: BytesMut,
     record: Vec<u8>,
@@ -353,6 +365,7 @@ impl DtlsChannel {
             params,
             handshake_deadline: Some(now + params.handshake_timeout),
             timers: None,
+            records: None,
             plain: BytesMut::new(),
             record: Vec::with_capacity(2048),
             stats: DtlsStats::default(),
@@ -402,13 +415,19 @@ impl DtlsChannel {
         !self.stream.get_ref().lens.is_empty()
     }
 
-    /// Handles one datagram from the server. IP packets it carried are appended to `packets`.
+    /// Handles one datagram from the server, which may be opened in place. IP packets it carried
+    /// are appended to `packets`.
     pub(crate) fn on_datagram(
         &mut self,
-        d: &[u8],
+        d: &mut [u8],
         now: Instant,
         packets: &mut VecDeque<Bytes>,
     ) -> Option<ChannelChange> {
+        if self.records.is_some() {
+            return self
+                .open_records(d, now, packets)
+                .map(ChannelChange::Failed);
+        }
         let shim = self.stream.get_mut();
         shim.inbox.clear();
         shim.inbox.extend_from_slice(d);
@@ -431,11 +450,63 @@ impl DtlsChannel {
                 }
             }
         }
+        // Records behind the server's Finished in the same datagram are OpenSSL's to read; then
+        // the own record layer takes over, after the last record OpenSSL wrote.
         if let Some(failed) = self.read_records(now, packets) {
             return Some(ChannelChange::Failed(failed));
         }
-        self.stream.get_mut().has_inbox = false;
+        let shim = self.stream.get_mut();
+        shim.has_inbox = false;
+        if change.is_some() {
+            let last = shim.last_seq;
+            self.records =
+                last.and_then(|l| Channel::take_over(self.stream.ssl(), Role::Client, l, None));
+        }
         change
+    }
+
+    /// Opens the records of one datagram with the own record layer, in place.
+    fn open_records(
+        &mut self,
+        d: &mut [u8],
+        now: Instant,
+        packets: &mut VecDeque<Bytes>,
+    ) -> Option<DtlsFailure> {
+        for (h, record) in wire::RecordsMut::new(d) {
+            let ch = self.records.as_mut()?;
+            // Forgeries, replays and a copy of the server's last flight are dropped unseen.
+            let Ok(opened) = ch.open(&h, record) else {
+                continue;
+            };
+            let plain = match opened {
+                Opened::Data(plain) => plain,
+                Opened::Closed => return Some(DtlsFailure::Closed("close_notify".into())),
+                Opened::Warning | Opened::Handshake => continue,
+            };
+            if let Some(t) = self.timers.as_mut() {
+                t.on_receive(now);
+            }
+            match wire::decode(plain) {
+                Ok(Payload::Data(packet)) => {
+                    self.stats.packets_received += 1;
+                    // Packets share one allocation, split off as `Bytes` (no allocation each).
+                    self.plain.clear();
+                    if self.plain.capacity() < packet.len() {
+                        self.plain.reserve(PACKET_ARENA.max(packet.len()));
+                    }
+                    self.plain.extend_from_slice(packet);
+                    packets.push_back(self.plain.split().freeze());
+                }
+                Ok(Payload::DpdRequest(_)) => {
+                    if let Err(f) = self.write(FrameType::DpdResponse, &[], now) {
+                        return Some(f);
+                    }
+                }
+                Ok(Payload::DpdResponse) => self.stats.dpd_answered += 1,
+                Ok(_) | Err(_) => {}
+            }
+        }
+        None
     }
 
     fn read_records(&mut self, now: Instant, packets: &mut VecDeque<Bytes>) -> Option<DtlsFailure> {
@@ -477,9 +548,17 @@ impl DtlsChannel {
     fn write(&mut self, kind: FrameType, payload: &[u8], now: Instant) -> Result<(), DtlsFailure> {
         self.record.clear();
         wire::encode(kind, payload, &mut self.record);
-        self.stream
-            .ssl_write(&self.record)
-            .map_err(|e| DtlsFailure::Io(format!("DTLS write: {e}")))?;
+        if let Some(ch) = self.records.as_mut() {
+            let shim = self.stream.get_mut();
+            let len = ch
+                .seal(&self.record, &mut shim.out)
+                .ok_or_else(|| DtlsFailure::Io("DTLS sequence numbers used up".into()))?;
+            shim.lens.push_back(len);
+        } else {
+            self.stream
+                .ssl_write(&self.record)
+                .map_err(|e| DtlsFailure::Io(format!("DTLS write: {e}")))?;
+        }
         if let Some(t) = self.timers.as_mut() {
             t.on_send(now);
         }
@@ -539,10 +618,22 @@ impl DtlsChannel {
         None
     }
 
-    /// Queues a close_notify alert (a logout's courtesy to the server).
+    /// Queues a close_notify alert (a logout's courtesy to the server). With the own record
+    /// layer it seals the alert itself: OpenSSL's would reuse a sequence number.
     pub(crate) fn close(&mut self) {
-        if self.is_up() {
-            let _ = self.stream.shutdown();
+        if !self.is_up() {
+            return;
+        }
+        match self.records.as_mut() {
+            Some(ch) => {
+                let shim = self.stream.get_mut();
+                if let Some(len) = ch.seal_close_notify(&mut shim.out) {
+                    shim.lens.push_back(len);
+                }
+            }
+            None => {
+                let _ = self.stream.shutdown();
+            }
         }
     }
 }
@@ -560,12 +651,16 @@ mod tests {
 
     impl Server {
         fn new(psk: [u8; 32]) -> Self {
+            Self::with_ciphers(psk, CIPHERS)
+        }
+
+        fn with_ciphers(psk: [u8; 32], ciphers: &str) -> Self {
             let identity = std::sync::Arc::new(std::sync::Mutex::new(None));
             let seen = std::sync::Arc::clone(&identity);
             let mut b = SslContextBuilder::new(SslMethod::dtls()).unwrap();
             b.set_min_proto_version(Some(SslVersion::DTLS1_2)).unwrap();
             b.set_max_proto_version(Some(SslVersion::DTLS1_2)).unwrap();
-            b.set_cipher_list(CIPHERS).unwrap();
+            b.set_cipher_list(ciphers).unwrap();
             b.set_options(SslOptions::NO_TICKET | SslOptions::NO_QUERY_MTU);
             b.set_session_cache_mode(openssl::ssl::SslSessionCacheMode::OFF);
             b.set_psk_server_callback(move |_, id, key| {
@@ -656,8 +751,8 @@ mod tests {
             for d in to_server {
                 s.feed(&d);
             }
-            for d in s.take() {
-                if let Some(ch) = c.on_datagram(&d, now, &mut packets) {
+            for mut d in s.take() {
+                if let Some(ch) = c.on_datagram(&mut d, now, &mut packets) {
                     last = Some(ch);
                 }
             }
@@ -698,14 +793,123 @@ mod tests {
         // is answered with a one-byte DPD response; keepalives are swallowed.
         let mut packets = VecDeque::new();
         for rec in [&[0x00, 0x45, 9][..], &[0x03, 1, 2, 3, 4], &[0x07]] {
-            for d in s.send(rec) {
-                assert_eq!(c.on_datagram(&d, now, &mut packets), None);
+            for mut d in s.send(rec) {
+                assert_eq!(c.on_datagram(&mut d, now, &mut packets), None);
             }
         }
         assert_eq!(packets, VecDeque::from([Bytes::from_static(&[0x45, 9])]));
         let answers: Vec<_> = client_out(&mut c).iter().flat_map(|d| s.feed(d)).collect();
         assert_eq!(answers, vec![vec![0x04]]);
         assert_eq!(c.stats().packets_sent, 1);
+        assert_eq!(c.stats().packets_received, 1);
+    }
+
+    #[test]
+    fn every_suite_carries_packets_both_ways_and_aes_gcm_on_the_own_record_layer() {
+        for (suite, own) in [
+            ("PSK-AES256-GCM-SHA384", true),
+            ("PSK-AES128-GCM-SHA256", true),
+            ("PSK-CHACHA20-POLY1305", false),
+        ] {
+            let psk = [0x24; 32];
+            let now = Instant::now();
+            let mut c = DtlsChannel::start(&[8; 32], psk, params(), now).unwrap();
+            let mut s = Server::with_ciphers(psk, suite);
+            assert_eq!(handshake(&mut c, &mut s, now), Some(ChannelChange::Up));
+            assert_eq!(s.stream.ssl().current_cipher().unwrap().name(), suite);
+            assert_eq!(c.records.is_some(), own, "{suite}");
+            // Many records each way: sequence numbers and nonces go on past the handshake's.
+            for i in 0..50u8 {
+                c.send_packet(&[0x45, i], now).unwrap();
+                let up: Vec<_> = client_out(&mut c).iter().flat_map(|d| s.feed(d)).collect();
+                assert_eq!(up, vec![vec![0x00, 0x45, i]], "{suite}");
+                let mut packets = VecDeque::new();
+                for mut d in s.send(&[0x00, 0x45, i, 7]) {
+                    assert_eq!(c.on_datagram(&mut d, now, &mut packets), None);
+                }
+                assert_eq!(packets, VecDeque::from([Bytes::from(vec![0x45, i, 7])]));
+            }
+            // The server's DPD request is answered through the same layer.
+            let mut packets = VecDeque::new();
+            for mut d in s.send(&[0x03, 9]) {
+                c.on_datagram(&mut d, now, &mut packets);
+            }
+            let answers: Vec<_> = client_out(&mut c).iter().flat_map(|d| s.feed(d)).collect();
+            assert_eq!(answers, vec![vec![0x04]], "{suite}");
+        }
+    }
+
+    #[test]
+    fn close_notify_from_either_side_reaches_the_other() {
+        let psk = [0x11; 32];
+        let now = Instant::now();
+        // The client's close: OpenSSL's server reads a close_notify.
+        let mut c = DtlsChannel::start(&[1; 32], psk, params(), now).unwrap();
+        let mut s = Server::new(psk);
+        handshake(&mut c, &mut s, now);
+        assert!(c.records.is_some());
+        c.close();
+        let out = client_out(&mut c);
+        assert_eq!(out.len(), 1);
+        let shim = s.stream.get_mut();
+        shim.inbox.clone_from(&out[0]);
+        shim.has_inbox = true;
+        let mut buf = [0u8; 64];
+        let e = s.stream.ssl_read(&mut buf).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::ZERO_RETURN);
+        // The server's close: the client's channel fails as closed.
+        let mut c = DtlsChannel::start(&[2; 32], psk, params(), now).unwrap();
+        let mut s = Server::new(psk);
+        handshake(&mut c, &mut s, now);
+        let _ = s.stream.shutdown();
+        let mut packets = VecDeque::new();
+        let changes: Vec<_> = s
+            .take()
+            .iter_mut()
+            .filter_map(|d| c.on_datagram(d, now, &mut packets))
+            .collect();
+        assert_eq!(
+            changes,
+            vec![ChannelChange::Failed(DtlsFailure::Closed(
+                "close_notify".into()
+            ))]
+        );
+    }
+
+    #[test]
+    fn replays_forgeries_and_a_late_copy_of_the_servers_last_flight_are_dropped() {
+        let psk = [0x33; 32];
+        let now = Instant::now();
+        let mut c = DtlsChannel::start(&[4; 32], psk, params(), now).unwrap();
+        let mut s = Server::new(psk);
+        // The handshake by hand, keeping the server's last flight.
+        let mut last_flight = vec![];
+        let mut packets = VecDeque::new();
+        while !c.is_up() {
+            for d in client_out(&mut c) {
+                s.feed(&d);
+            }
+            last_flight = s.take();
+            for d in &last_flight {
+                c.on_datagram(&mut d.clone(), now, &mut packets);
+            }
+        }
+        assert!(c.records.is_some());
+        for d in &last_flight {
+            assert_eq!(c.on_datagram(&mut d.clone(), now, &mut packets), None);
+        }
+        let data = s.send(&[0x00, 0x45, 1]);
+        for d in &data {
+            c.on_datagram(&mut d.clone(), now, &mut packets);
+        }
+        // The same record again, and one with a bit flipped: nothing more.
+        let mut flipped = data[0].clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        for mut d in [data[0].clone(), flipped] {
+            assert_eq!(c.on_datagram(&mut d, now, &mut packets), None);
+        }
+        assert_eq!(packets, VecDeque::from([Bytes::from_static(&[0x45, 1])]));
+        assert!(client_out(&mut c).is_empty(), "nothing answered");
         assert_eq!(c.stats().packets_received, 1);
     }
 
@@ -726,8 +930,8 @@ mod tests {
         let recs: Vec<_> = client_out(&mut c).iter().flat_map(|d| s.feed(d)).collect();
         assert!(recs.contains(&vec![0x03]), "{recs:?}");
         let mut packets = VecDeque::new();
-        for d in s.send(&[0x04]) {
-            c.on_datagram(&d, t0 + Duration::from_secs(11), &mut packets);
+        for mut d in s.send(&[0x04]) {
+            c.on_datagram(&mut d, t0 + Duration::from_secs(11), &mut packets);
         }
         assert_eq!((c.stats().dpd_sent, c.stats().dpd_answered), (1, 1));
         // Silence for 2 × DPD after that: dead.
@@ -759,8 +963,8 @@ mod tests {
                 shim.has_inbox = true;
                 let _ = s.stream.do_handshake();
             }
-            for d in s.take() {
-                assert_eq!(c.on_datagram(&d, now, &mut packets), None);
+            for mut d in s.take() {
+                assert_eq!(c.on_datagram(&mut d, now, &mut packets), None);
             }
         }
         // The server cannot read the client's Finished, and DTLS drops such records silently.

@@ -349,11 +349,11 @@ impl Tunnel {
                         return;
                     }
                 };
-                for (m, slot) in meta.iter().zip(storage.chunks(RECV_SLOT)).take(n) {
-                    let Some(data) = slot.get(..m.len) else {
+                for (m, slot) in meta.iter().zip(storage.chunks_mut(RECV_SLOT)).take(n) {
+                    let Some(data) = slot.get_mut(..m.len) else {
                         continue;
                     };
-                    for dgram in data.chunks(m.stride.max(1)) {
+                    for dgram in data.chunks_mut(m.stride.max(1)) {
                         let next = d.chan.on_datagram(dgram, now, &mut self.dtls_packets);
                         change = batch_change(change.take(), next);
                         if matches!(change, Some(ChannelChange::Failed(_))) {

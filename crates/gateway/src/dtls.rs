@@ -59,11 +59,11 @@ use tunnel_proto::dtls::{self as wire, HelloError, Payload, APP_ID_LEN};
 use tunnel_proto::mtu;
 use tunnel_proto::timers::DtlsDpd;
 
-use crate::dtls_record::{Channel, Opened, Refused};
 use crate::metrics::{
     DtlsDrop, Metrics, DTLS_DPD_ANSWERED, DTLS_DPD_SENT, DTLS_OVERSIZE, DTLS_OWN_SOCKET,
     DTLS_OWN_SOCKET_FAILED,
 };
+use tunnel_proto::dtls_record::{last_epoch_seq, Channel, Opened, Refused, Role};
 
 /// The TLS exporter label openconnect derives the DTLS PSK with (§7.2).
 pub const PSK_LABEL: &[u8] = b"EXPORTER-openconnect-psk";
@@ -729,7 +729,7 @@ struct Endpoint {
     hello_random: [u8; 32],
     stream: SslStream<Shim>,
     /// The gateway's own record layer once established with an AES-GCM suite; OpenSSL's
-    /// `SSL_read`/`SSL_write` otherwise (see [`crate::dtls_record`]).
+    /// `SSL_read`/`SSL_write` otherwise (see [`tunnel_proto::dtls_record`]).
     records: Option<Channel>,
     /// Its own connected socket, once established (`dtls.socket_per_session`).
     own: Option<OwnSocket>,
@@ -1242,7 +1242,10 @@ impl DtlsLink {
         let _ = self.read_established(now, up);
         if let Some(ep) = self.established.as_mut() {
             let shim = ep.stream.get_ref();
-            ep.records = Channel::take_over(ep.stream.ssl(), &shim.out, &shim.lens);
+            ep.records = last_epoch_seq(&shim.out, &shim.lens).and_then(|last| {
+                let flight = (shim.out.clone(), shim.lens.clone());
+                Channel::take_over(ep.stream.ssl(), Role::Server, last, Some(flight))
+            });
             tracing::debug!(
                 session = self.session_id,
                 own = ep.records.is_some(),
@@ -1334,17 +1337,8 @@ impl DtlsLink {
         };
         let shim = stream.get_mut();
         let mut handshake = false;
-        let mut rest = d;
-        while let Some(h) = wire::RecordHeader::parse(rest) {
-            let Some(end) = wire::RECORD_HEADER_LEN
-                .checked_add(h.len)
-                .filter(|&end| end <= rest.len())
-            else {
-                server.metrics.dtls_drop(DtlsDrop::BadRecord, 1);
-                break;
-            };
-            let (record, tail) = std::mem::take(&mut rest).split_at_mut(end);
-            rest = tail;
+        let mut recs = wire::RecordsMut::new(d);
+        for (h, record) in recs.by_ref() {
             match ch.open(&h, record) {
                 Ok(Opened::Data(plain)) => {
                     outcome.valid = true;
@@ -1365,6 +1359,9 @@ impl DtlsLink {
                 Err(Refused::Replayed) => server.metrics.dtls_drop(DtlsDrop::Replayed, 1),
                 Err(Refused::Bad) => server.metrics.dtls_drop(DtlsDrop::BadRecord, 1),
             }
+        }
+        if recs.truncated() {
+            server.metrics.dtls_drop(DtlsDrop::BadRecord, 1);
         }
         // The client's last flight again, in one datagram or several: one answer each.
         if handshake {

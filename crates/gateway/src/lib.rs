@@ -10,7 +10,6 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod dtls;
-mod dtls_record;
 pub mod egress;
 pub mod health;
 pub mod metrics;

@@ -262,6 +262,50 @@ pub fn records(d: &[u8]) -> impl Iterator<Item = (RecordHeader, &[u8])> {
     })
 }
 
+/// [`records`] for opening records in place: each record's header and its whole bytes, mutable.
+/// [`Self::truncated`] says afterwards whether it stopped at a record whose length ran past the
+/// datagram (the rest of the datagram is dropped, as [`records`] drops it).
+#[derive(Debug)]
+pub struct RecordsMut<'a> {
+    rest: &'a mut [u8],
+    truncated: bool,
+}
+
+impl<'a> RecordsMut<'a> {
+    /// The records of datagram `d`.
+    #[must_use]
+    pub fn new(d: &'a mut [u8]) -> Self {
+        Self {
+            rest: d,
+            truncated: false,
+        }
+    }
+
+    /// True once a record's length ran past the end of the datagram.
+    #[must_use]
+    pub fn truncated(&self) -> bool {
+        self.truncated
+    }
+}
+
+impl<'a> Iterator for RecordsMut<'a> {
+    type Item = (RecordHeader, &'a mut [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let h = RecordHeader::parse(self.rest)?;
+        let Some(end) = RECORD_HEADER_LEN
+            .checked_add(h.len)
+            .filter(|&end| end <= self.rest.len())
+        else {
+            self.truncated = true;
+            return None;
+        };
+        let (record, tail) = std::mem::take(&mut self.rest).split_at_mut(end);
+        self.rest = tail;
+        Some((h, record))
+    }
+}
+
 /// The anti-replay window of one epoch (RFC 6347 §4.1.2.6): the highest sequence number
 /// authenticated so far and which of the 63 below it were seen. A record is checked before it is
 /// decrypted and marked only once it authenticated, so forged records cannot move the window.
@@ -371,10 +415,24 @@ mod tests {
         assert_eq!(got[0].1.len(), 16);
         assert_eq!(got[1].0, second);
         assert_eq!(&got[1].1[13..], b"xy");
+        // The mutable split gives the same records and says it stopped at the third.
+        let mut m = d.clone();
+        let mut it = RecordsMut::new(&mut m);
+        let got_mut: Vec<_> = it.by_ref().map(|(h, r)| (h, r.to_vec())).collect();
+        assert!(it.truncated());
+        assert_eq!(got_mut.len(), 2);
+        assert_eq!((got_mut[1].0, &got_mut[1].1[..]), (got[1].0, got[1].1));
+        let mut whole = d[..31].to_vec();
+        let mut it = RecordsMut::new(&mut whole);
+        assert_eq!(it.by_ref().count(), 2);
+        assert!(!it.truncated());
         for m in mutations(&d, 2_000, 0x7ec0) {
             for (h, r) in records(&m) {
                 assert_eq!(r.len(), RECORD_HEADER_LEN + h.len);
             }
+            let mut mm = m.clone();
+            let n = RecordsMut::new(&mut mm).count();
+            assert_eq!(n, records(&m).count());
         }
     }
 

@@ -11,6 +11,8 @@ pub mod connect;
 pub mod connect_client;
 pub mod cstp;
 pub mod dtls;
+#[cfg(feature = "record")]
+pub mod dtls_record;
 pub mod http;
 pub mod http_client;
 pub mod mtu;

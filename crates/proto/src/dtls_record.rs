@@ -1,12 +1,13 @@
-//! The record layer of an established DTLS 1.2 channel, done by the gateway instead of OpenSSL.
+//! The record layer of an established DTLS 1.2 channel, done here instead of by OpenSSL; the
+//! gateway and the Rust client both use it.
 //!
 //! OpenSSL runs the handshake (PSK, cookies, retransmits). When it completes with an AES-GCM
 //! suite, [`Channel::take_over`] derives the channel's traffic keys from the session's master
 //! secret and the two hello randoms (RFC 5246 §6.3, the TLS 1.2 PRF) and from then on every record
-//! is sealed and opened here, in place in the gateway's own buffers, with aws-lc. Through
+//! is sealed and opened here, in place in the caller's own buffers, with aws-lc. Through
 //! OpenSSL's `SSL_read`/`SSL_write` and a BIO, each record was copied into OpenSSL's buffer and out
 //! again, and each call paid OpenSSL 3's per-record parameter lookups. ChaCha20-Poly1305 (offered
-//! last, never chosen by openconnect) stays with OpenSSL: `take_over` says `None`.
+//! last by the gateway, never chosen by openconnect) stays with OpenSSL: `take_over` says `None`.
 //!
 //! Records (RFC 6347 §4.1, RFC 5288 §3): a 13-byte header, an 8-byte explicit nonce (here the
 //! record's epoch and sequence number, unique per key, as OpenSSL writes it), the ciphertext and a
@@ -14,19 +15,22 @@
 //! additional data the epoch and sequence number, type, version and plaintext length. Received
 //! records pass the anti-replay window before they are decrypted.
 //!
-//! The server sends the handshake's last flight (ChangeCipherSpec, Finished). If it is lost the
-//! client sends its own last flight again; OpenSSL would answer with a Finished under a fresh
-//! sequence number of its own, which could repeat one used here (a repeated AES-GCM nonce), so
-//! OpenSSL never writes again: the flight is kept as sent and sent again byte for byte, until the
-//! client's first application data shows it has it.
+//! Sequence numbers go on from the last record OpenSSL wrote in the epoch ([`last_epoch_seq`]
+//! finds it in OpenSSL's output), and OpenSSL never writes on the channel again: a record it
+//! wrote later would reuse a sequence number, and so an AES-GCM nonce. In the full PSK handshake
+//! the server sends the last flight (ChangeCipherSpec, Finished). If it is lost the client sends
+//! its own last flight again; OpenSSL would answer with a Finished under a fresh sequence number,
+//! so the server's [`Channel`] keeps the flight as sent and sends it again byte for byte, until
+//! the client's first application data shows it has it. The client has no such flight to keep: it
+//! completes when the server's last flight arrives, and a copy of it arriving later is ignored.
 
-use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, NONCE_LEN};
-use aws_lc_rs::hmac;
-use openssl::ssl::{SslRef, SslVersion};
-use tunnel_proto::dtls::{
+use crate::dtls::{
     records, RecordHeader, ReplayWindow, CONTENT_ALERT, CONTENT_APPLICATION_DATA,
     CONTENT_CHANGE_CIPHER_SPEC, CONTENT_HANDSHAKE, DTLS12, MAX_SEQ, RECORD_HEADER_LEN,
 };
+use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, NONCE_LEN};
+use aws_lc_rs::hmac;
+use openssl::ssl::{SslRef, SslVersion};
 
 /// Bytes of the explicit nonce in front of each record's ciphertext.
 const EXPLICIT_NONCE_LEN: usize = 8;
@@ -40,6 +44,35 @@ const EPOCH: u16 = 1;
 const MASTER_LEN: usize = 48;
 /// Bytes of a hello random.
 const RANDOM_LEN: usize = 32;
+/// The plaintext of a close_notify alert: level warning, description close_notify.
+const CLOSE_NOTIFY: [u8; 2] = [1, 0];
+
+/// Which end of the channel this is: it decides which half of the key block seals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The end that sent the ClientHello.
+    Client,
+    /// The end that answered it.
+    Server,
+}
+
+/// The highest sequence number of an epoch-1 record in datagrams OpenSSL wrote (`sent`, back to
+/// back, with their lengths `lens`), if there is one.
+#[must_use]
+pub fn last_epoch_seq(sent: &[u8], lens: &[usize]) -> Option<u64> {
+    let mut last = None;
+    let mut off = 0;
+    for &len in lens {
+        let d = sent.get(off..off + len)?;
+        off += len;
+        for (h, _) in records(d) {
+            if h.epoch == EPOCH {
+                last = last.max(Some(h.seq));
+            }
+        }
+    }
+    last
+}
 
 /// One direction's key and salt.
 struct Keys {
@@ -74,21 +107,21 @@ fn aad(h: &RecordHeader, plain_len: usize) -> Aad<[u8; 13]> {
 
 /// What one received record was.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Opened<'a> {
+pub enum Opened<'a> {
     /// Application data, decrypted in place: the type byte and payload (§7.6).
     Data(&'a [u8]),
     /// A close_notify or fatal alert: the channel is over.
     Closed,
     /// A warning alert other than close_notify; ignored.
     Warning,
-    /// A record of the handshake: the client's last flight again, which [`Channel::resend_final`]
-    /// answers.
+    /// A record of the handshake: on the server the client's last flight again, which
+    /// [`Channel::resend_final`] answers; on the client a copy of the server's, to ignore.
     Handshake,
 }
 
 /// Why a received record was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refused {
+pub enum Refused {
     /// Seen before, or older than the replay window.
     Replayed,
     /// Not of this epoch, an unknown type, too short, or failed authentication.
@@ -96,12 +129,13 @@ pub(crate) enum Refused {
 }
 
 /// The established channel's record layer.
-pub(crate) struct Channel {
+pub struct Channel {
     open: Keys,
     seal: Keys,
     next_seq: u64,
     replay: ReplayWindow,
-    /// The server's last flight (datagrams and their lengths), while the client may need it again.
+    /// The server's last flight (datagrams and their lengths), while the client may need it
+    /// again; always `None` on the client.
     final_flight: Option<(Vec<u8>, Vec<usize>)>,
 }
 
@@ -134,11 +168,18 @@ fn prf(alg: hmac::Algorithm, secret: &[u8], label: &[u8], seed: &[u8], out: &mut
 }
 
 impl Channel {
-    /// Takes the established channel over from OpenSSL: `ssl` has just completed its handshake,
-    /// and `sent`/`lens` are the datagrams it wrote since its last flight began (that flight, and
-    /// anything written after it). `None` when the suite is not AES-GCM or OpenSSL cannot give
-    /// the secrets: OpenSSL keeps the channel then.
-    pub(crate) fn take_over(ssl: &SslRef, sent: &[u8], lens: &[usize]) -> Option<Self> {
+    /// Takes the established channel over from OpenSSL: `ssl` has just completed its handshake
+    /// as `role`, `last_seq` is the highest epoch-1 sequence number OpenSSL wrote (see
+    /// [`last_epoch_seq`]), and `final_flight` the server's last flight as sent (datagrams back to
+    /// back, and their lengths), to send again if the client asks. `None` when the suite is not
+    /// AES-GCM or OpenSSL cannot give the secrets: OpenSSL keeps the channel then.
+    #[must_use]
+    pub fn take_over(
+        ssl: &SslRef,
+        role: Role,
+        last_seq: u64,
+        final_flight: Option<(Vec<u8>, Vec<usize>)>,
+    ) -> Option<Self> {
         if ssl.version2() != Some(SslVersion::DTLS1_2) {
             return None;
         }
@@ -168,40 +209,41 @@ impl Channel {
         let (client_key, rest) = block.split_at(k);
         let (server_key, rest) = rest.split_at(k);
         let (client_salt, server_salt) = rest.split_at(SALT_LEN);
-        let open = Keys::new(alg, client_key, client_salt);
-        let seal = Keys::new(alg, server_key, server_salt);
+        let client = Keys::new(alg, client_key, client_salt);
+        let server = Keys::new(alg, server_key, server_salt);
         block.fill(0);
-        // The next sequence number is one past the last record OpenSSL wrote in this epoch.
-        let mut last = None;
-        let mut off = 0;
-        for &len in lens {
-            let d = sent.get(off..off + len)?;
-            off += len;
-            for (h, _) in records(d) {
-                if h.epoch == EPOCH {
-                    last = last.max(Some(h.seq));
-                }
-            }
-        }
+        let (open, seal) = match role {
+            Role::Server => (client?, server?),
+            Role::Client => (server?, client?),
+        };
         Some(Self {
-            open: open?,
-            seal: seal?,
-            next_seq: last? + 1,
+            open,
+            seal,
+            next_seq: last_seq.checked_add(1)?,
             replay: ReplayWindow::new(),
-            final_flight: Some((sent.to_vec(), lens.to_vec())),
+            final_flight: final_flight.filter(|_| role == Role::Server),
         })
     }
 
     /// Appends one application-data record carrying `plain` (type byte and payload) to `out` and
     /// returns its length; `None` (and `out` unchanged) once the epoch's sequence numbers are
     /// used up, which ends the channel.
-    pub(crate) fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    pub fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+        self.seal_record(CONTENT_APPLICATION_DATA, plain, out)
+    }
+
+    /// Appends a close_notify alert to `out` and returns its length, as [`Self::seal`] does.
+    pub fn seal_close_notify(&mut self, out: &mut Vec<u8>) -> Option<usize> {
+        self.seal_record(CONTENT_ALERT, &CLOSE_NOTIFY, out)
+    }
+
+    fn seal_record(&mut self, content: u8, plain: &[u8], out: &mut Vec<u8>) -> Option<usize> {
         let seq = self.next_seq;
         if seq > MAX_SEQ {
             return None;
         }
         let h = RecordHeader {
-            content: CONTENT_APPLICATION_DATA,
+            content,
             version: DTLS12,
             epoch: EPOCH,
             seq,
@@ -231,7 +273,7 @@ impl Channel {
 
     /// Appends the server's last handshake flight, as it was first sent, to `out`/`lens` while
     /// the client may still be missing it (until its first application data).
-    pub(crate) fn resend_final(&self, out: &mut Vec<u8>, lens: &mut Vec<usize>) {
+    pub fn resend_final(&self, out: &mut Vec<u8>, lens: &mut Vec<usize>) {
         if let Some((flight, flight_lens)) = &self.final_flight {
             out.extend_from_slice(flight);
             lens.extend_from_slice(flight_lens);
@@ -240,7 +282,7 @@ impl Channel {
 
     /// Opens one received record (`record`: header and body, as [`records`] splits a datagram),
     /// in place.
-    pub(crate) fn open<'a>(
+    pub fn open<'a>(
         &mut self,
         h: &RecordHeader,
         record: &'a mut [u8],
