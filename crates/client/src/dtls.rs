@@ -322,8 +322,10 @@ pub(crate) struct DtlsChannel {
     timers: Option<ChannelTimers>,
     /// The own record layer, once up with an AES-GCM suite.
     records: Option<Channel>,
-    /// Decrypted records are read into it and split off without copying.
+    /// Received packets are copied into it and split off as `Bytes`.
     plain: BytesMut,
+    /// OpenSSL's decrypted records are read into it.
+    read_buf: Vec<u8>,
     record: Vec<u8>,
     stats: DtlsStats,
 }
@@ -367,6 +369,7 @@ impl DtlsChannel {
             timers: None,
             records: None,
             plain: BytesMut::new(),
+            read_buf: Vec::new(),
             record: Vec::with_capacity(2048),
             stats: DtlsStats::default(),
         };
@@ -475,74 +478,73 @@ impl DtlsChannel {
         for (h, record) in wire::RecordsMut::new(d) {
             let ch = self.records.as_mut()?;
             // Forgeries, replays and a copy of the server's last flight are dropped unseen.
-            let Ok(opened) = ch.open(&h, record) else {
-                continue;
-            };
-            let plain = match opened {
-                Opened::Data(plain) => plain,
-                Opened::Closed => return Some(DtlsFailure::Closed("close_notify".into())),
-                Opened::Warning | Opened::Handshake => continue,
-            };
-            if let Some(t) = self.timers.as_mut() {
-                t.on_receive(now);
-            }
-            match wire::decode(plain) {
-                Ok(Payload::Data(packet)) => {
-                    self.stats.packets_received += 1;
-                    // Packets share one allocation, split off as `Bytes` (no allocation each).
-                    self.plain.clear();
-                    if self.plain.capacity() < packet.len() {
-                        self.plain.reserve(PACKET_ARENA.max(packet.len()));
-                    }
-                    self.plain.extend_from_slice(packet);
-                    packets.push_back(self.plain.split().freeze());
-                }
-                Ok(Payload::DpdRequest(_)) => {
-                    if let Err(f) = self.write(FrameType::DpdResponse, &[], now) {
+            match ch.open(&h, record) {
+                Ok(Opened::Data(plain)) => {
+                    if let Some(f) = self.on_record(plain, now, packets) {
                         return Some(f);
                     }
                 }
-                Ok(Payload::DpdResponse) => self.stats.dpd_answered += 1,
-                Ok(_) | Err(_) => {}
+                Ok(Opened::Closed) => return Some(DtlsFailure::Closed("close_notify".into())),
+                Ok(Opened::Warning | Opened::Handshake) | Err(_) => {}
             }
         }
         None
     }
 
+    /// Reads the records OpenSSL has decrypted (a suite the own layer does not do, or records
+    /// in the datagram that completed the handshake).
     fn read_records(&mut self, now: Instant, packets: &mut VecDeque<Bytes>) -> Option<DtlsFailure> {
-        loop {
-            if self.plain.len() < MAX_PLAINTEXT {
-                self.plain.resize(MAX_PLAINTEXT, 0);
-            }
-            let n = match self.stream.ssl_read(&mut self.plain) {
-                Ok(0) => return None,
+        let mut buf = std::mem::take(&mut self.read_buf);
+        buf.resize(MAX_PLAINTEXT, 0);
+        let failed = loop {
+            let n = match self.stream.ssl_read(&mut buf) {
+                Ok(0) => break None,
                 Ok(n) => n,
-                Err(e) if e.code() == ErrorCode::WANT_READ => return None,
+                Err(e) if e.code() == ErrorCode::WANT_READ => break None,
                 Err(e) if e.code() == ErrorCode::ZERO_RETURN => {
-                    return Some(DtlsFailure::Closed("close_notify".into()))
+                    break Some(DtlsFailure::Closed("close_notify".into()))
                 }
-                Err(e) => return Some(DtlsFailure::Closed(e.to_string())),
+                Err(e) => break Some(DtlsFailure::Closed(e.to_string())),
             };
-            let mut rec = self.plain.split_to(n);
-            if let Some(t) = self.timers.as_mut() {
-                t.on_receive(now);
+            if let Some(f) = buf
+                .get(..n)
+                .and_then(|plain| self.on_record(plain, now, packets))
+            {
+                break Some(f);
             }
-            match wire::decode(&rec) {
-                Ok(Payload::Data(_)) => {
-                    self.stats.packets_received += 1;
-                    let _ = rec.split_to(1);
-                    packets.push_back(rec.freeze());
-                }
-                Ok(Payload::DpdRequest(_)) => {
-                    // openconnect answers a server's DPD with a one-byte response (§7.6).
-                    if let Err(f) = self.write(FrameType::DpdResponse, &[], now) {
-                        return Some(f);
-                    }
-                }
-                Ok(Payload::DpdResponse) => self.stats.dpd_answered += 1,
-                Ok(_) | Err(_) => {}
-            }
+        };
+        self.read_buf = buf;
+        failed
+    }
+
+    /// Handles one decrypted application-data record: `[type] + payload`.
+    fn on_record(
+        &mut self,
+        plain: &[u8],
+        now: Instant,
+        packets: &mut VecDeque<Bytes>,
+    ) -> Option<DtlsFailure> {
+        if let Some(t) = self.timers.as_mut() {
+            t.on_receive(now);
         }
+        match wire::decode(plain) {
+            Ok(Payload::Data(packet)) => {
+                self.stats.packets_received += 1;
+                // Packets share one allocation, split off as `Bytes` (no allocation each).
+                if self.plain.capacity() < packet.len() {
+                    self.plain.reserve(PACKET_ARENA.max(packet.len()));
+                }
+                self.plain.extend_from_slice(packet);
+                packets.push_back(self.plain.split().freeze());
+            }
+            Ok(Payload::DpdRequest(_)) => {
+                // openconnect answers a server's DPD with a one-byte response (§7.6).
+                return self.write(FrameType::DpdResponse, &[], now).err();
+            }
+            Ok(Payload::DpdResponse) => self.stats.dpd_answered += 1,
+            Ok(_) | Err(_) => {}
+        }
+        None
     }
 
     fn write(&mut self, kind: FrameType, payload: &[u8], now: Instant) -> Result<(), DtlsFailure> {
