@@ -23,6 +23,7 @@ pub mod sessions;
 pub mod steering;
 pub mod table;
 pub mod tls;
+mod tls_read;
 pub(crate) mod tunnel;
 pub mod users;
 pub mod workers;

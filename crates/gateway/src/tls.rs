@@ -734,7 +734,7 @@ fn generate_self_signed(name: &str, days: u32) -> Result<(X509, PKey<Private>), 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use openssl::pkey::Public;
     use openssl::stack::Stack;
@@ -891,6 +891,28 @@ mod tests {
             }
         }
         panic!("handshake did not complete");
+    }
+
+    /// A server configuration on a fresh self-signed certificate (defaults otherwise), and a
+    /// client configuration that trusts it by its pin.
+    pub(crate) fn config_pair() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Config::default();
+        c.server.state_dir = dir.path().join("state");
+        let cert = load_certificate(&c).unwrap();
+        let server = server_config(&cert, &Default::default(), &Default::default()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier = Arc::new(PinVerifier {
+            pin: cert.pin_sha256.clone(),
+            provider: provider.clone(),
+        });
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        (server, Arc::new(client))
     }
 
     #[derive(Debug)]

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
@@ -30,6 +30,7 @@ use crate::packet::{self, OwnAddrs};
 use crate::server::Shared;
 use crate::sessions::{AttachError, Control, EndReason, Session};
 use crate::table::Route;
+use crate::tls_read;
 
 /// Downstream frames written per flush, at most.
 const WRITE_BATCH: usize = 64;
@@ -291,6 +292,14 @@ pub(crate) async fn run(
     tokio::pin!(dtls_sleep);
     let mut read_chunk = READ_MIN;
     buf.reserve(read_chunk);
+    // What rustls read past the CONNECT request is the tunnel's first bytes.
+    let mut peer_closed = match tls_read::take_buffered(tls.get_mut().1, &mut buf) {
+        Ok(read) => read.closed,
+        Err(e) => {
+            tracing::debug!(parent: &span, error = %e, "read error");
+            true
+        }
+    };
 
     let outcome = 'conn: loop {
         // Handle every complete frame already buffered.
@@ -351,6 +360,9 @@ pub(crate) async fn run(
         // Everything this read decoded goes to the TUN in one batch.
         if !upstream(&sh, &session, &own, &mut up_batch, &span) {
             break 'conn Outcome::Lost("data plane stopped");
+        }
+        if peer_closed {
+            break 'conn Outcome::Lost("connection closed by client");
         }
         if let Some(t) = timers.poll_timeout() {
             let t = tokio::time::Instant::from_std(t);
@@ -479,20 +491,28 @@ pub(crate) async fn run(
                     Err(_) => break Outcome::Lost("client stopped reading"),
                 }
             }
-            r = tls.read_buf(&mut buf) => match r {
-                Ok(0) => break Outcome::Lost("connection closed by client"),
-                Ok(n) => {
-                    if n >= read_chunk / 2 {
-                        read_chunk = (read_chunk * 2).min(READ_MAX);
-                    } else if n < read_chunk / 8 {
-                        read_chunk = (read_chunk / 2).max(READ_MIN);
+            r = tls.get_ref().0.readable() => {
+                let (tcp, conn) = tls.get_mut();
+                match r.and_then(|()| tls_read::read_available(tcp, conn, &mut buf)) {
+                    Ok(read) => {
+                        let n = read.bytes;
+                        if n >= read_chunk / 2 {
+                            read_chunk = (read_chunk * 2).min(READ_MAX);
+                        } else if n < read_chunk / 8 {
+                            read_chunk = (read_chunk / 2).max(READ_MIN);
+                        }
+                        // The frames read before the close are handled first (a logout's DISCONNECT).
+                        peer_closed = read.closed;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        tracing::debug!(parent: &span, error = %e, "read error");
+                        // A record that did not decrypt has an alert queued: send it.
+                        let _ = tokio::time::timeout(Duration::from_secs(1), tls.flush()).await;
+                        break Outcome::Lost("read error");
                     }
                 }
-                Err(e) => {
-                    tracing::debug!(parent: &span, error = %e, "read error");
-                    break Outcome::Lost("read error");
-                }
-            },
+            }
         }
         if buf.is_empty() && read_chunk == READ_MIN && buf.capacity() > 4 * READ_MIN {
             // Gone quiet after a burst: give the big buffers back.
