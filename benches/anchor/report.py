@@ -477,6 +477,15 @@ def main():
         p("  client uses the same record layer (the client's half of the keys), where it used OpenSSL's:")
         p("  its processes run on the same two cores as the server. By hand, UDP echo over DTLS, old")
         p("  client against new: tunneld 2,699 and 3,010 Mbit/s, ocserv 1,440 and 1,406.")
+    t_icmp, t_udp = ours.get("tput_cores_per_gbit"), ours.get("udp_tput_cores_per_gbit")
+    if t_icmp is not None and t_udp is not None:
+        p("* **TLS reads.** A tunnel reads its TLS socket with one `recv` of up to 64 KiB and feeds")
+        p("  rustls from memory (`tls_read.rs`, since b46af8d); through tokio-rustls each read was")
+        p("  rustls's own, about 4 KiB (an openconnect upload made some 16,000 `recvfrom` calls a")
+        p("  second, 83% of the tunnel's syscalls). Harness server cores per Gbit/s over TLS, anchor")
+        p(f"  at 93c0a6c against this run: ICMP echo 0.47 and {fmt(t_icmp, 2)}, UDP echo 0.27 and {fmt(t_udp, 2)}.")
+        p("  By hand, alternating builds, the openconnect upload did not change (0.54 and 0.57 cores")
+        p("  per Gbit/s with either): it is not the reads that it pays for.")
     dl, dl_o = ours.get("dtls_added_latency"), theirs.get("dtls_added_latency")
     tl, tl_o = ours.get("added_latency"), theirs.get("added_latency")
     if dl is not None and dl_o is not None and dl > dl_o:
