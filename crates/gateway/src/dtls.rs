@@ -56,6 +56,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tunnel_proto::cstp;
 use tunnel_proto::dtls::{self as wire, HelloError, Payload, APP_ID_LEN};
+use tunnel_proto::dtls_record::{last_epoch_seq, Channel, Opened, Refused, Role};
 use tunnel_proto::mtu;
 use tunnel_proto::timers::DtlsDpd;
 
@@ -63,7 +64,6 @@ use crate::metrics::{
     DtlsDrop, Metrics, DTLS_DPD_ANSWERED, DTLS_DPD_SENT, DTLS_OVERSIZE, DTLS_OWN_SOCKET,
     DTLS_OWN_SOCKET_FAILED,
 };
-use tunnel_proto::dtls_record::{last_epoch_seq, Channel, Opened, Refused, Role};
 
 /// The TLS exporter label openconnect derives the DTLS PSK with (§7.2).
 pub const PSK_LABEL: &[u8] = b"EXPORTER-openconnect-psk";
