@@ -511,20 +511,41 @@ pub fn authenticate(
     user: &str,
     password: &str,
 ) -> Result<AuthOutcome> {
-    let mut cmd = topo.command_in(device, "openconnect")?;
-    cmd.args([
-        "--authenticate",
-        "--non-inter",
-        "--user",
-        user,
-        "--passwd-on-stdin",
-    ]);
-    cmd.args(["--servercert", gw.pin(), "-v", &gw.url()]);
-    let out = process::run(
-        &mut cmd,
+    authenticate_with(
+        topo,
+        gw,
+        device,
+        &["--user", user, "--passwd-on-stdin"],
         Some(&format!("{password}\n")),
-        Duration::from_secs(30),
-    )?;
+    )
+}
+
+/// Runs `openconnect --authenticate` with the device certificate `cert` (key `key`) from
+/// `device` (certificate mode) and returns the cookie it prints.
+pub fn authenticate_certificate(
+    topo: &Topology,
+    gw: &Gateway,
+    device: &str,
+    cert: &Path,
+    key: &Path,
+) -> Result<AuthOutcome> {
+    let cert = format!("--certificate={}", cert.display());
+    let key = format!("--sslkey={}", key.display());
+    authenticate_with(topo, gw, device, &[&cert, &key], None)
+}
+
+fn authenticate_with(
+    topo: &Topology,
+    gw: &Gateway,
+    device: &str,
+    credentials: &[&str],
+    input: Option<&str>,
+) -> Result<AuthOutcome> {
+    let mut cmd = topo.command_in(device, "openconnect")?;
+    cmd.args(["--authenticate", "--non-inter"])
+        .args(credentials);
+    cmd.args(["--servercert", gw.pin(), "-v", &gw.url()]);
+    let out = process::run(&mut cmd, input, Duration::from_secs(30))?;
     let cookie = out
         .stdout
         .lines()

@@ -20,7 +20,10 @@ pub mod topology;
 pub mod transfer;
 pub mod wait;
 
-pub use client::{authenticate, run_expecting_exit, Client, ClientOpts, Launch, ScriptRun};
+pub use client::{
+    authenticate, authenticate_certificate, run_expecting_exit, Client, ClientOpts, Launch,
+    ScriptRun,
+};
 pub use gateway::{Gateway, GatewayConfig, HttpReply, LaunchInfo, Launcher};
 pub use metrics::metric_value;
 pub use topology::{Topology, CORP_ADDR, CORP_ADDR6, GW_DEVICE_ADDR};

@@ -149,6 +149,18 @@ fn rust_client_sessions_log_in_with_client_certificates() -> Result<()> {
         log.contains("user=bench0 ") && log.contains(&format!("user=bench{}", CERT_USERS - 1)),
         "sessions were not logged in as their certificates' users"
     );
+    // A certificate session's cookie reconnects only with its own certificate: the client
+    // presents it on every connection, so a cookie storm brings every session back.
+    all.extend(["--mode", "cookie"]);
+    let storm = run_bench(&topo, &gw, "dev", login, "storm", &all, TIMEOUT)?;
+    ensure_all_up(&storm)?;
+    ensure!(
+        storm.num("/action/recovered") == 200.0
+            && gw.metric_or_zero("tunneld_auth_failures_total", &[])? == 0.0,
+        "cookie storm with certificates: {}\n{}",
+        storm.output,
+        gw.metrics()?
+    );
     Ok(())
 }
 

@@ -1,8 +1,9 @@
 //! Client-certificate login (`auth.method = "certificate"`), as Microsoft Tunnel devices log in:
 //! openconnect with a device certificate from the configured CA gets in and its traffic flows;
 //! a certificate from another CA, a revoked one, none at all, and a locked user are refused and
-//! counted; health probes work without a certificate; a CRL rotated by reload revokes at once, and
-//! the operator ends the revoked device's live session with tunnelctl.
+//! counted; health probes work without a certificate; a certificate session's cookie works only
+//! with its own certificate; a CRL rotated by reload revokes at once and ends the revoked
+//! device's live sessions, and no one else's.
 //!
 //! One topology and one gateway for the whole file: each step below is a separate claim, checked
 //! in order.
@@ -10,11 +11,11 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use e2e::certs::DeviceCa;
+use e2e::certs::{CertFiles, DeviceCa};
 use e2e::process::tail;
 use e2e::{
-    gateway::users_file_line, run_expecting_exit, Client, ClientOpts, Gateway, GatewayConfig,
-    Topology, CORP_ADDR,
+    authenticate_certificate, gateway::users_file_line, run_expecting_exit, Client, ClientOpts,
+    Gateway, GatewayConfig, Topology, CORP_ADDR,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -39,7 +40,13 @@ fn refused(topo: &Topology, gw: &Gateway, opts: ClientOpts, what: &str) -> Resul
 #[test]
 fn device_certificates_log_in_and_foreign_revoked_missing_or_locked_ones_are_refused() -> Result<()>
 {
-    let topo = Topology::standard()?;
+    let topo = Topology::new()
+        .device("dev")
+        .device("dev2")
+        .device("dev3")
+        .gateway()
+        .corp()
+        .build()?;
     let ca = DeviceCa::new(topo.dir(), "device-ca")?;
     let other = DeviceCa::new(topo.dir(), "other-ca")?;
     let devices = topo.subdir("devices")?;
@@ -47,6 +54,7 @@ fn device_certificates_log_in_and_foreign_revoked_missing_or_locked_ones_are_ref
     let alice = ca.issue(&devices, "alice")?;
     let rita = ca.issue(&devices, "rita")?;
     let dave = ca.issue(&devices, "dave")?;
+    let bob = ca.issue(&devices, "bob")?;
     // Same name as a real user, issued by a CA the gateway does not trust.
     let foreign_alice = other.issue(&foreign_dir, "alice")?;
     ca.revoke(&rita)?;
@@ -167,12 +175,81 @@ fn device_certificates_log_in_and_foreign_revoked_missing_or_locked_ones_are_ref
         "the locked user was not counted as a bad certificate"
     );
 
-    // Rotating the CRL: revoke alice, reload, and her next login is refused; her live session
-    // stays (operators disconnect it with tunnelctl).
+    // A certificate session's cookie is bound to the certificate that logged in. `--authenticate`
+    // gives alice a second session and prints its cookie; from another device (another source
+    // address for the ban score), the cookie alone or with bob's valid certificate is refused.
+    let auth = authenticate_certificate(&topo, &gw, "dev2", &alice.cert, &alice.key)?;
+    let cookie = auth
+        .cookie
+        .with_context(|| format!("no cookie from --authenticate: {}", auth.output))?;
+    refused(
+        &topo,
+        &gw,
+        ClientOpts::cookie(&cookie).device("dev2"),
+        "alice's cookie without a certificate",
+    )?;
+    refused(
+        &topo,
+        &gw,
+        with_certificate(ClientOpts::cookie(&cookie).device("dev2"), &bob),
+        "alice's cookie with bob's certificate",
+    )?;
+    gw.wait_metric(
+        "tunneld_auth_failures_total",
+        &[("reason", "cookie_certificate")],
+        2.0,
+        WAIT,
+    )?;
+    gw.wait_for_log(&["not its device certificate", "no certificate"], WAIT)?;
+    gw.wait_for_log(&["not its device certificate", "another certificate"], WAIT)?;
+    // With her own certificate, the cookie connects.
+    let alice2 = Client::connect(
+        &topo,
+        &gw,
+        with_certificate(ClientOpts::cookie(&cookie).device("dev2"), &alice),
+    )?;
+    alice2.ping(&topo, CORP_ADDR, 2)?;
+    let bob_client = Client::connect(
+        &topo,
+        &gw,
+        ClientOpts::certificate(&bob.cert, &bob.key).device("dev3"),
+    )?;
+    bob_client.ping(&topo, CORP_ADDR, 2)?;
+    ensure!(
+        gw.metric("tunneld_auth_successes_total", &[])? == 3.0,
+        "exactly three logins succeeded (alice twice, bob)"
+    );
+
+    // Rotating the CRL: revoke alice and reload. Both her live sessions end at once, her next
+    // login is refused at the handshake, and bob's session goes on.
     ca.revoke(&alice)?;
     ca.crl()?;
     let out = gw.tunnelctl(&["reload"])?.check()?;
-    ensure!(out.success(), "reload: {out}");
+    ensure!(
+        out.stdout
+            .contains("2 session(s) whose device certificate is now revoked"),
+        "reload: {out}"
+    );
+    gw.wait_metric(
+        "tunneld_sessions_ended_total",
+        &[("reason", "revoked")],
+        2.0,
+        WAIT,
+    )?;
+    gw.wait_for_log(
+        &[
+            "ending the session: its device certificate is revoked",
+            "alice",
+        ],
+        WAIT,
+    )?;
+    let (mut client, mut alice2) = (client, alice2);
+    for (c, which) in [(&mut client, "first"), (&mut alice2, "second")] {
+        ensure!(
+            c.wait_exit(Duration::from_secs(15))?.is_some(),
+            "alice's {which} openconnect still runs after her certificate was revoked"
+        );
+    }
     refused(
         &topo,
         &gw,
@@ -185,18 +262,27 @@ fn device_certificates_log_in_and_foreign_revoked_missing_or_locked_ones_are_ref
         3.0,
         WAIT,
     )?;
-    client.ping(&topo, CORP_ADDR, 2)?;
-    ensure!(
-        gw.metric("tunneld_auth_successes_total", &[])? == 1.0,
-        "exactly one login succeeded"
-    );
-
-    // The operator ends the revoked device's live session as any other.
-    gw.tunnelctl(&["disconnect", "--user", "alice"])?.check()?;
-    let mut client = client;
-    ensure!(
-        client.wait_exit(Duration::from_secs(15))?.is_some(),
-        "alice's openconnect still runs after tunnelctl disconnect"
-    );
+    // The revoked certificate cannot carry the cookie back either: its handshake fails.
+    refused(
+        &topo,
+        &gw,
+        with_certificate(ClientOpts::cookie(&cookie).device("dev2"), &alice),
+        "alice's cookie with her revoked certificate",
+    )?;
+    bob_client.ping(&topo, CORP_ADDR, 2)?;
+    let list = gw.tunnelctl_json(&["sessions"])?;
+    let users: Vec<_> = list
+        .as_array()
+        .context("sessions is a list")?
+        .iter()
+        .map(|s| s["user"].clone())
+        .collect();
+    ensure!(users == ["bob"], "sessions after the revocation: {list}");
     Ok(())
+}
+
+/// `opts` plus a device certificate (`--certificate`, `--sslkey`): for a cookie login.
+fn with_certificate(opts: ClientOpts, cert: &CertFiles) -> ClientOpts {
+    opts.arg(&format!("--certificate={}", cert.cert.display()))
+        .arg(&format!("--sslkey={}", cert.key.display()))
 }

@@ -13,6 +13,7 @@
 //! tried first, decodes the public key through its provider machinery and took over a quarter of a
 //! certificate login's CPU), never by hand.
 
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::oid_registry::OID_USERID;
 use x509_parser::prelude::FromDer;
+use x509_parser::revocation_list::CertificateRevocationList;
 use x509_parser::x509::AttributeTypeAndValue;
 
 use crate::config::{AuthConfig, AuthMethod, CertUsername};
@@ -204,6 +206,17 @@ impl CertLoginRefusal {
     }
 }
 
+/// A certificate login's outcome: who logged in, and with which device certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertLogin {
+    /// The username read from the certificate.
+    pub user: String,
+    /// The users file's group for that user, if it names one.
+    pub group: Option<String>,
+    /// The certificate itself, as the session keeps it.
+    pub device: DeviceCert,
+}
+
 /// Decides a certificate login: the username from the verified leaf (`peer_certs[0]`, as rustls
 /// hands it over after verification), refused when absent or locked in `users`; the group is the
 /// users file's for a listed user, else none.
@@ -211,16 +224,125 @@ pub fn login_identity(
     peer_certs: Option<&[CertificateDer<'_>]>,
     field: CertUsername,
     users: &UserDb,
-) -> Result<(String, Option<String>), CertLoginRefusal> {
+) -> Result<CertLogin, CertLoginRefusal> {
     let leaf = peer_certs
         .and_then(<[CertificateDer<'_>]>::first)
         .ok_or(CertLoginRefusal::NoCertificate)?;
-    let name = username(leaf.as_ref(), field)?;
-    if users.is_locked(&name) {
-        return Err(CertLoginRefusal::Locked(name));
+    let (_, cert) =
+        X509Certificate::from_der(leaf.as_ref()).map_err(|e| CertLoginRefusal::NoUsername {
+            field: field_name(field),
+            reason: format!("unparsable certificate: {e}"),
+        })?;
+    let user = username_of(&cert, field)?;
+    if users.is_locked(&user) {
+        return Err(CertLoginRefusal::Locked(user));
     }
-    let group = users.group(&name).map(str::to_owned);
-    Ok((name, group))
+    let group = users.group(&user).map(str::to_owned);
+    let device = DeviceCert::new(leaf.as_ref(), &cert);
+    Ok(CertLogin {
+        user,
+        group,
+        device,
+    })
+}
+
+/// What a certificate session keeps of the device certificate it logged in with (not the
+/// certificate: that would cost a kilobyte or more per session): enough to tell a later TLS
+/// connection's certificate apart from it, and to find it in a CRL.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct DeviceCert {
+    /// SHA-256 of the certificate (DER).
+    fingerprint: [u8; 32],
+    /// SHA-256 of its issuer name (DER): a CRL names its issuer with the same bytes.
+    issuer: [u8; 32],
+    /// Its serial number: the content octets of the DER INTEGER, as a CRL lists them.
+    serial: Box<[u8]>,
+}
+
+impl DeviceCert {
+    fn new(der: &[u8], cert: &X509Certificate<'_>) -> Self {
+        Self {
+            fingerprint: sha256(der),
+            issuer: sha256(cert.issuer().as_raw()),
+            serial: cert.raw_serial().into(),
+        }
+    }
+
+    /// True when `der` is this very certificate.
+    pub fn is(&self, der: &[u8]) -> bool {
+        openssl::memcmp::eq(&self.fingerprint, &sha256(der))
+    }
+
+    /// The serial number in hex, as `openssl x509 -serial` prints it (for logs).
+    pub fn serial_hex(&self) -> String {
+        hex::encode_upper(&self.serial)
+    }
+}
+
+impl std::fmt::Debug for DeviceCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceCert")
+            .field("serial", &self.serial_hex())
+            .finish_non_exhaustive()
+    }
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// The certificates the configured CRLs revoke, by issuer and serial number: a reload ends the
+/// sessions of the device certificates listed here.
+#[derive(Debug, Default)]
+pub struct Revoked(HashMap<[u8; 32], HashSet<Box<[u8]>>>);
+
+impl Revoked {
+    /// Reads every CRL of `auth.crl_files` (none in password mode). A CRL's signature is not
+    /// checked here: the files are the operator's, and the TLS verifier built from the same files
+    /// checks each one against its CA before it refuses a certificate.
+    pub fn load(auth: &AuthConfig) -> Result<Self, ClientCaError> {
+        let mut set: HashMap<[u8; 32], HashSet<Box<[u8]>>> = HashMap::new();
+        if auth.method != AuthMethod::Certificate {
+            return Ok(Self(set));
+        }
+        for (i, path) in auth.crl_files.iter().enumerate() {
+            let field = format!("auth.crl_files[{i}]");
+            for der in read_crls(&field, path)? {
+                let (_, crl) = CertificateRevocationList::from_der(der.as_ref()).map_err(|e| {
+                    ClientCaError::BadCrl {
+                        field: field.clone(),
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                let serials = set.entry(sha256(crl.issuer().as_raw())).or_default();
+                for r in crl.iter_revoked_certificates() {
+                    serials.insert(r.raw_serial().into());
+                }
+            }
+        }
+        Ok(Self(set))
+    }
+
+    /// True when a CRL lists `device`.
+    pub fn contains(&self, device: &DeviceCert) -> bool {
+        self.0
+            .get(&device.issuer)
+            .is_some_and(|serials| serials.contains(&*device.serial))
+    }
+
+    /// How many certificates the CRLs list.
+    pub fn len(&self) -> usize {
+        self.0.values().map(HashSet::len).sum()
+    }
+
+    /// True when the CRLs list none.
+    pub fn is_empty(&self) -> bool {
+        self.0.values().all(HashSet::is_empty)
+    }
 }
 
 fn field_name(field: CertUsername) -> &'static str {
@@ -235,12 +357,21 @@ fn field_name(field: CertUsername) -> &'static str {
 /// for `email`, the first subjectAltName rfc822Name, else the subject emailAddress). It must be
 /// valid UTF-8 and a storable username (no `:`, no control characters, ...).
 pub fn username(der: &[u8], field: CertUsername) -> Result<String, CertLoginRefusal> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| CertLoginRefusal::NoUsername {
+        field: field_name(field),
+        reason: format!("unparsable certificate: {e}"),
+    })?;
+    username_of(&cert, field)
+}
+
+fn username_of(
+    cert: &X509Certificate<'_>,
+    field: CertUsername,
+) -> Result<String, CertLoginRefusal> {
     let refuse = |reason: String| CertLoginRefusal::NoUsername {
         field: field_name(field),
         reason,
     };
-    let (_, cert) = X509Certificate::from_der(der)
-        .map_err(|e| refuse(format!("unparsable certificate: {e}")))?;
     let subject = cert.subject();
     let text =
         |attr: Option<&AttributeTypeAndValue<'_>>| -> Result<Option<String>, CertLoginRefusal> {
@@ -370,14 +501,164 @@ mod tests {
             login_identity(Some(&one("dave")), CertUsername::Cn, &users),
             Err(CertLoginRefusal::Locked("dave".into()))
         );
+        let bob = one("bob");
+        let login = login_identity(Some(&bob), CertUsername::Cn, &users).unwrap();
         assert_eq!(
-            login_identity(Some(&one("bob")), CertUsername::Cn, &users),
-            Ok(("bob".into(), Some("eng".into())))
+            (login.user.as_str(), login.group.as_deref()),
+            ("bob", Some("eng"))
         );
-        assert_eq!(
-            login_identity(Some(&one("carol")), CertUsername::Cn, &users),
-            Ok(("carol".into(), None))
+        let carol = one("carol");
+        let login = login_identity(Some(&carol), CertUsername::Cn, &users).unwrap();
+        assert_eq!((login.user.as_str(), login.group), ("carol", None));
+        // The session keeps the certificate's fingerprint: only that certificate matches it.
+        assert!(login.device.is(carol[0].as_ref()));
+        assert!(!login.device.is(one("carol")[0].as_ref()));
+        assert!(!login.device.is(bob[0].as_ref()));
+    }
+
+    /// Runs the `openssl` command-line tool in `dir`.
+    fn openssl_cli(dir: &Path, args: &[&str]) {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("the openssl command-line tool runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// A CA in `dir/<name>/` (openssl req/ca, as an operator's would be), with a device
+    /// certificate for each `(cn, serial)`; returns the CA's directory and the certificates (DER).
+    fn ca_with_devices(
+        dir: &Path,
+        name: &str,
+        devices: &[(&str, &str)],
+    ) -> (PathBuf, Vec<Vec<u8>>) {
+        let d = dir.join(name);
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("index.txt"), "").unwrap();
+        fs::write(d.join("crlnumber"), "01\n").unwrap();
+        fs::write(
+            d.join("ca.cnf"),
+            "[ca]\ndefault_ca = tca\n[tca]\ndatabase = index.txt\ncrlnumber = crlnumber\n\
+             default_md = sha256\ndefault_crl_days = 30\ncertificate = ca.crt\nprivate_key = ca.key\n",
+        )
+        .unwrap();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        let subj = format!("/CN={name}");
+        openssl_cli(
+            &d,
+            &[
+                &["req", "-x509"],
+                &ec[..],
+                &[
+                    "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", &subj,
+                ],
+            ]
+            .concat(),
+        );
+        let mut ders = Vec::new();
+        for (cn, serial) in devices {
+            let subj = format!("/CN={cn}");
+            let (csr, crt) = (format!("{cn}.csr"), format!("{cn}.crt"));
+            openssl_cli(
+                &d,
+                &[
+                    &["req"],
+                    &ec[..],
+                    &["-keyout", "dev.key", "-out", &csr, "-subj", &subj],
+                ]
+                .concat(),
+            );
+            openssl_cli(
+                &d,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    "ca.crt",
+                    "-CAkey",
+                    "ca.key",
+                    "-set_serial",
+                    serial,
+                    "-days",
+                    "1",
+                    "-out",
+                    &crt,
+                ],
+            );
+            let pem = fs::read(d.join(&crt)).unwrap();
+            ders.push(X509::from_pem(&pem).unwrap().to_der().unwrap());
+        }
+        (d, ders)
+    }
+
+    #[test]
+    fn a_crl_revokes_by_issuer_and_serial() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, devices) = ca_with_devices(
+            dir.path(),
+            "Devices",
+            &[("alice", "0x1234"), ("bob", "0x1235")],
+        );
+        // Another CA's certificate with alice's serial number.
+        let (_, other) = ca_with_devices(dir.path(), "Other", &[("alice", "0x1234")]);
+        openssl_cli(&ca, &["ca", "-config", "ca.cnf", "-revoke", "alice.crt"]);
+        openssl_cli(
+            &ca,
+            &["ca", "-config", "ca.cnf", "-gencrl", "-out", "crl.pem"],
+        );
+
+        let users = UserDb::parse("").unwrap();
+        let device = |der: &[u8]| {
+            login_identity(
+                Some(&[CertificateDer::from(der.to_vec())]),
+                CertUsername::Cn,
+                &users,
+            )
+            .unwrap()
+            .device
+        };
+        let (alice, bob, other_alice) =
+            (device(&devices[0]), device(&devices[1]), device(&other[0]));
+        assert_eq!(alice.serial_hex(), "1234");
+
+        let mut auth = AuthConfig {
+            method: AuthMethod::Certificate,
+            crl_files: vec![ca.join("crl.pem")],
+            ..Default::default()
+        };
+        let revoked = Revoked::load(&auth).unwrap();
+        assert_eq!(revoked.len(), 1);
+        assert!(revoked.contains(&alice));
+        assert!(!revoked.contains(&bob));
+        assert!(
+            !revoked.contains(&other_alice),
+            "the issuer is part of the match"
+        );
+
+        // The same CRL as DER; in password mode no CRL applies.
+        openssl_cli(
+            &ca,
+            &[
+                "crl", "-in", "crl.pem", "-outform", "DER", "-out", "crl.der",
+            ],
+        );
+        auth.crl_files = vec![ca.join("crl.der")];
+        assert!(Revoked::load(&auth).unwrap().contains(&alice));
+        auth.method = AuthMethod::Password;
+        assert!(Revoked::load(&auth).unwrap().is_empty());
     }
 
     #[test]

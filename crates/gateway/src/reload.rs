@@ -1,5 +1,7 @@
 //! Live reload (SIGHUP or `tunnelctl reload`): re-reads the configuration file, the certificate,
-//! the users file and the client CA and CRLs (certificate mode), and swaps them in for new connections without touching live sessions.
+//! the users file and the client CA and CRLs (certificate mode), and swaps them in for new
+//! connections. Live sessions keep what they were given, with one exception: a session whose
+//! device certificate a CRL now lists is ended.
 //!
 //! Everything is loaded and checked before anything is swapped, so a reload either applies as a
 //! whole or not at all: an invalid file, an unreadable certificate or users file, or a change that
@@ -17,6 +19,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use tokio_rustls::TlsAcceptor;
 
+use crate::client_cert::{ClientCaError, Revoked};
 use crate::config::{Config, ConfigError, FieldError};
 use crate::server::Shared;
 use crate::tls::{self, LoadedCert, TlsError};
@@ -55,6 +58,9 @@ pub struct ReloadReport {
     pub certificate: CertInfo,
     /// Users in the users file now.
     pub users: usize,
+    /// Sessions ended because a CRL now lists their device certificate (ids, in order).
+    #[serde(default)]
+    pub revoked_sessions: Vec<u64>,
 }
 
 /// Why a reload was refused. The running configuration is unchanged in every case.
@@ -73,6 +79,9 @@ pub enum ReloadError {
     /// The users file named by the new configuration cannot be read.
     #[error("auth.users_file: {0}")]
     Users(#[from] UsersError),
+    /// A CRL named by the new configuration cannot be read.
+    #[error(transparent)]
+    Crl(#[from] ClientCaError),
     /// The new configuration changes settings a running daemon cannot change; each names the
     /// field and why.
     #[error("{} cannot change while tunneld runs:\n{}", if .0.len() == 1 { "a setting" } else { "settings" }, .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
@@ -118,6 +127,7 @@ struct Prepared {
     cert: LoadedCert,
     tls: Arc<rustls::ServerConfig>,
     users: UserDb,
+    revoked: Revoked,
 }
 
 fn prepare(path: Option<&Path>, current: &Config) -> Result<Prepared, ReloadError> {
@@ -128,11 +138,13 @@ fn prepare(path: Option<&Path>, current: &Config) -> Result<Prepared, ReloadErro
     let cert = tls::load_certificate(&config)?;
     let tls = tls::server_config(&cert, &config.tls, &config.auth)?;
     let users = UserDb::load_for(&config.auth)?;
+    let revoked = Revoked::load(&config.auth)?;
     Ok(Prepared {
         config,
         cert,
         tls,
         users,
+        revoked,
     })
 }
 
@@ -322,11 +334,16 @@ async fn reload_inner(sh: &Arc<Shared>) -> Result<ReloadReport, ReloadError> {
     sh.tls.store(Arc::new(TlsAcceptor::from(prepared.tls)));
     sh.config.store(Arc::new(prepared.config));
     sh.reload.cert.store(Arc::new(cert.clone()));
+    // New connections are checked against the new CRLs from here on; sessions that logged in
+    // with a certificate they now list end (a reconnect with that certificate fails its handshake,
+    // and their cookies work with no other certificate).
+    let revoked_sessions = sh.sessions.end_revoked(&prepared.revoked);
     Ok(ReloadReport {
         config_file: path,
         changed,
         certificate: cert,
         users,
+        revoked_sessions,
     })
 }
 

@@ -22,7 +22,7 @@ use tunnel_proto::connect::{self, ConnectError, ConnectRequest};
 use tunnel_proto::http::{self, Limits, Method, Request};
 
 use crate::ban::{Bans, UnauthGuard};
-use crate::client_cert;
+use crate::client_cert::{self, DeviceCert};
 use crate::config::{AuthMethod, Config};
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -391,7 +391,18 @@ async fn handle_auth(
             &users,
         );
         return match identity {
-            Ok((username, group)) => finish_login(sh, cfg, tls, peer, &username, group).await,
+            Ok(login) => {
+                finish_login(
+                    sh,
+                    cfg,
+                    tls,
+                    peer,
+                    &login.user,
+                    login.group,
+                    Some(login.device),
+                )
+                .await
+            }
             Err(refusal) => {
                 sh.metrics
                     .auth_failures
@@ -453,7 +464,7 @@ async fn handle_auth(
             return Ok(Next::Continue);
         }
     };
-    finish_login(sh, cfg, tls, peer, &username, group).await
+    finish_login(sh, cfg, tls, peer, &username, group, None).await
 }
 
 /// The 401 that ends a connection whose login failed.
@@ -474,10 +485,12 @@ async fn finish_login(
     peer: SocketAddr,
     username: &str,
     group: Option<String>,
+    device: Option<DeviceCert>,
 ) -> std::io::Result<Next> {
     let created = sh.sessions.create(
         username,
         group,
+        device,
         peer,
         cfg.server.max_sessions,
         cfg.server.max_sessions_per_user,
@@ -544,5 +557,31 @@ async fn handle_connect(
         .await?;
         return Ok(Next::Close);
     };
+    if let Some(device) = &session.device {
+        // A certificate session's cookie works only with the certificate that logged in; the TLS
+        // handshake has just checked that certificate against the current CRLs.
+        let presented = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+        if !presented.is_some_and(|leaf| device.is(leaf.as_ref())) {
+            sh.metrics
+                .auth_failures
+                .with_label_values(&["cookie_certificate"])
+                .inc();
+            tracing::warn!(
+                session = session.id,
+                user = %session.user,
+                %peer,
+                presented = if presented.is_some() { "another certificate" } else { "no certificate" },
+                "CONNECT with a certificate session's cookie but not its device certificate; 401"
+            );
+            let ban = sh.config.load().ban.clone();
+            sh.bans.record_failure(peer.ip(), &ban, Instant::now());
+            write_response(
+                tls,
+                &connect::error_response(401, "Cookie is not acceptable", None),
+            )
+            .await?;
+            return Ok(Next::Close);
+        }
+    }
     Ok(Next::Tunnel(session, creq))
 }

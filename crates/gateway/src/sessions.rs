@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use dashmap::DashMap;
 use tokio::sync::mpsc;
 
+use crate::client_cert::{DeviceCert, Revoked};
 use crate::metrics::Metrics;
 use crate::pool::{Lease, Pool, PoolError};
 use crate::table::{SessionStats, SessionTable};
@@ -36,6 +37,8 @@ pub enum EndReason {
     SessionTimeout,
     /// The client did not come back within `cookie_timeout` after its connection dropped.
     CookieExpired,
+    /// A reload found the session's device certificate in a CRL.
+    Revoked,
 }
 
 impl EndReason {
@@ -49,6 +52,7 @@ impl EndReason {
             Self::IdleTimeout => "idle_timeout",
             Self::SessionTimeout => "session_timeout",
             Self::CookieExpired => "cookie_expired",
+            Self::Revoked => "revoked",
         }
     }
 }
@@ -95,6 +99,9 @@ pub struct Session {
     pub created_wall: SystemTime,
     /// Traffic counters, shared with the session's routes.
     pub stats: Arc<SessionStats>,
+    /// The device certificate of a certificate login: its cookie is good only on a TLS connection
+    /// that presents the same certificate, and a reload ends the session once a CRL lists it.
+    pub device: Option<Box<DeviceCert>>,
     cookie_hash: [u8; 32],
     inner: Mutex<Inner>,
 }
@@ -201,11 +208,13 @@ impl Sessions {
         self.by_id.iter().map(|e| Arc::clone(e.value())).collect()
     }
 
-    /// Creates a session for a user who just authenticated; returns it and its cookie token.
+    /// Creates a session for a user who just authenticated (with `device`, for a certificate
+    /// login); returns it and its cookie token.
     pub fn create(
         &self,
         user: &str,
         group: Option<String>,
+        device: Option<DeviceCert>,
         peer: SocketAddr,
         max_sessions: u32,
         max_per_user: u32,
@@ -233,6 +242,7 @@ impl Sessions {
             created: now,
             created_wall: SystemTime::now(),
             stats: Arc::default(),
+            device: device.map(Box::new),
             cookie_hash,
             inner: Mutex::new(Inner {
                 lease: None,
@@ -387,6 +397,30 @@ impl Sessions {
         }
     }
 
+    /// Ends every session whose device certificate `revoked` lists (after a reload); returns
+    /// their ids, in order.
+    pub fn end_revoked(&self, revoked: &Revoked) -> Vec<u64> {
+        if revoked.is_empty() {
+            return Vec::new();
+        }
+        let mut ended = Vec::new();
+        for s in self.all() {
+            let Some(device) = s.device.as_deref().filter(|d| revoked.contains(d)) else {
+                continue;
+            };
+            tracing::warn!(
+                session = s.id,
+                user = %s.user,
+                serial = %device.serial_hex(),
+                "ending the session: its device certificate is revoked"
+            );
+            self.end(&s, EndReason::Revoked);
+            ended.push(s.id);
+        }
+        ended.sort_unstable();
+        ended
+    }
+
     /// Ends every session (drain): each live client gets a DISCONNECT.
     pub fn end_all(&self, reason: EndReason) {
         for s in self.all() {
@@ -431,7 +465,7 @@ mod tests {
     #[test]
     fn cookie_finds_its_session_and_nothing_else() {
         let (_, s) = setup("10.0.0.0/29");
-        let (a, tok) = s.create("alice", None, peer(), 10, 0).unwrap();
+        let (a, tok) = s.create("alice", None, None, peer(), 10, 0).unwrap();
         assert_eq!(tok.len(), 64);
         assert_eq!(s.find_by_cookie(&tok).unwrap().id, a.id);
         assert!(s.find_by_cookie("00").is_none());
@@ -443,7 +477,7 @@ mod tests {
     #[test]
     fn reconnect_keeps_the_address_and_end_returns_it_once() {
         let (pool, s) = setup("10.0.0.0/29");
-        let (a, tok) = s.create("alice", None, peer(), 10, 0).unwrap();
+        let (a, tok) = s.create("alice", None, None, peer(), 10, 0).unwrap();
         let (first, c1, _rx1) = s.attach(&a).unwrap();
         assert!(first.first);
         assert_eq!(pool.in_use(), 1);
@@ -462,7 +496,7 @@ mod tests {
     #[test]
     fn new_connection_replaces_the_old_one() {
         let (_, s) = setup("10.0.0.0/29");
-        let (a, _) = s.create("alice", None, peer(), 10, 0).unwrap();
+        let (a, _) = s.create("alice", None, None, peer(), 10, 0).unwrap();
         let (_, c1, mut rx1) = s.attach(&a).unwrap();
         let (_, _c2, mut rx2) = s.attach(&a).unwrap();
         assert_eq!(rx1.try_recv().unwrap(), Control::Replaced);
@@ -482,14 +516,14 @@ mod tests {
     fn pool_exhaustion_and_limits() {
         let (pool, s) = setup("10.0.0.0/30");
         assert_eq!(pool.size(), 1);
-        let (a, _) = s.create("alice", None, peer(), 10, 2).unwrap();
-        let (b, _) = s.create("alice", None, peer(), 10, 2).unwrap();
+        let (a, _) = s.create("alice", None, None, peer(), 10, 2).unwrap();
+        let (b, _) = s.create("alice", None, None, peer(), 10, 2).unwrap();
         assert_eq!(
-            s.create("alice", None, peer(), 10, 2).unwrap_err(),
+            s.create("alice", None, None, peer(), 10, 2).unwrap_err(),
             LimitError::User(2)
         );
         assert_eq!(
-            s.create("bob", None, peer(), 2, 0).unwrap_err(),
+            s.create("bob", None, None, peer(), 2, 0).unwrap_err(),
             LimitError::Server(2)
         );
         s.attach(&a).unwrap();
@@ -504,7 +538,7 @@ mod tests {
     #[test]
     fn detached_sessions_expire_after_cookie_timeout() {
         let (pool, s) = setup("10.0.0.0/29");
-        let (a, _) = s.create("alice", None, peer(), 10, 0).unwrap();
+        let (a, _) = s.create("alice", None, None, peer(), 10, 0).unwrap();
         let (_, c1, _rx) = s.attach(&a).unwrap();
         s.reap(
             Instant::now() + Duration::from_secs(1000),

@@ -73,7 +73,8 @@ enum Command {
     #[command(subcommand)]
     Ban(daemon::BanCommand),
     /// Reload the configuration file, certificate and users file (like SIGHUP). Live sessions
-    /// stay; an invalid configuration is refused with the reason and the running one kept.
+    /// stay, except those whose device certificate a CRL now revokes; an invalid configuration is
+    /// refused with the reason and the running one kept.
     Reload,
     /// Check this host and the configuration for running tunneld: each check PASS, WARN, FAIL
     /// or SKIP, with the fix. Exits 1 when a check fails.
