@@ -103,6 +103,17 @@ fn device_certificates_log_in_and_foreign_revoked_missing_or_locked_ones_are_ref
         session["group"] == "eng" && session["ipv4"] == addr.to_string(),
         "alice's session: {session}"
     );
+    // The session names the device certificate by its serial number, as openssl prints it.
+    let serial = serial_of(&alice)?;
+    ensure!(
+        session["certificate_serial"] == serial.as_str(),
+        "alice's session should name serial {serial}: {session}"
+    );
+    let table = gw.tunnelctl(&["sessions"])?.check()?.stdout;
+    ensure!(
+        table.contains("CERTIFICATE SERIAL") && table.contains(&serial),
+        "tunnelctl sessions: {table}"
+    );
 
     // A certificate from another CA fails the handshake, counted and logged as a failed login.
     refused(
@@ -279,6 +290,19 @@ fn device_certificates_log_in_and_foreign_revoked_missing_or_locked_ones_are_ref
         .collect();
     ensure!(users == ["bob"], "sessions after the revocation: {list}");
     Ok(())
+}
+
+/// The serial number of `cert` in hex, from `openssl x509 -serial`.
+fn serial_of(cert: &CertFiles) -> Result<String> {
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(&cert.cert)
+        .output()?;
+    let text = String::from_utf8(out.stdout)?;
+    text.trim()
+        .strip_prefix("serial=")
+        .map(str::to_owned)
+        .with_context(|| format!("openssl x509 -serial printed {text:?}"))
 }
 
 /// `opts` plus a device certificate (`--certificate`, `--sslkey`): for a cookie login.

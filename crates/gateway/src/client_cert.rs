@@ -273,9 +273,13 @@ impl DeviceCert {
         openssl::memcmp::eq(&self.fingerprint, &sha256(der))
     }
 
-    /// The serial number in hex, as `openssl x509 -serial` prints it (for logs).
+    /// The serial number in hex, as `openssl x509 -serial` prints it (without the zero byte DER
+    /// puts before a serial whose top bit is set).
     pub fn serial_hex(&self) -> String {
-        hex::encode_upper(&self.serial)
+        match &self.serial[..] {
+            [0, rest @ ..] if !rest.is_empty() => hex::encode_upper(rest),
+            all => hex::encode_upper(all),
+        }
     }
 }
 
@@ -610,7 +614,7 @@ mod tests {
         let (ca, devices) = ca_with_devices(
             dir.path(),
             "Devices",
-            &[("alice", "0x1234"), ("bob", "0x1235")],
+            &[("alice", "0x1234"), ("bob", "0x9F01")],
         );
         // Another CA's certificate with alice's serial number.
         let (_, other) = ca_with_devices(dir.path(), "Other", &[("alice", "0x1234")]);
@@ -633,6 +637,7 @@ mod tests {
         let (alice, bob, other_alice) =
             (device(&devices[0]), device(&devices[1]), device(&other[0]));
         assert_eq!(alice.serial_hex(), "1234");
+        assert_eq!(bob.serial_hex(), "9F01", "DER writes it 00 9F 01");
 
         let mut auth = AuthConfig {
             method: AuthMethod::Certificate,

@@ -165,6 +165,9 @@ pub struct SessionInfo {
     pub connected_since: String,
     /// Seconds since login.
     pub duration_secs: u64,
+    /// Certificate mode: the serial number (hex) of the device certificate that logged in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_serial: Option<String>,
 }
 
 /// The answer to [`Request::Disconnect`].
@@ -440,6 +443,7 @@ pub fn session_info(s: &Session) -> SessionInfo {
         packets_down: s.stats.packets_down.load(Relaxed),
         connected_since: format_utc(s.created_wall),
         duration_secs: s.created.elapsed().as_secs(),
+        certificate_serial: s.device.as_ref().map(|d| d.serial_hex()),
     }
 }
 

@@ -245,6 +245,16 @@ pub(crate) fn sessions(socket: &Path, json: bool) -> Result<()> {
             format!("{} ({})", s.connected_since, duration(s.duration_secs)),
         ]);
     }
+    if list.iter().any(|s| s.certificate_serial.is_some()) {
+        rows[0].push("CERTIFICATE SERIAL".to_owned());
+        for (row, s) in rows.iter_mut().skip(1).zip(&list) {
+            row.push(
+                s.certificate_serial
+                    .clone()
+                    .unwrap_or_else(|| "-".to_owned()),
+            );
+        }
+    }
     table(&rows);
     Ok(())
 }
