@@ -129,6 +129,75 @@ fn threads_read_their_sessions_replies_from_their_own_tun_queues() -> Result<()>
     Ok(())
 }
 
+/// A cookie reconnect lands on whichever thread's listener the kernel picks (about half of them
+/// on the other thread, with two), while the session keeps its address and so its pool stripe.
+/// The reconnecting thread steers the address to its own queue: the replies after the storm do not
+/// cross threads either. Also with private file tables (the steering map's descriptor must be in
+/// each thread's table).
+#[test]
+fn replies_follow_a_session_that_reconnects_on_the_other_thread() -> Result<()> {
+    for private in [false, true] {
+        storm_and_count_handoffs(private)
+            .with_context(|| format!("server.private_file_tables = {private}"))?;
+    }
+    Ok(())
+}
+
+fn storm_and_count_handoffs(private_file_tables: bool) -> Result<()> {
+    let topo = Topology::standard()?;
+    let gw = Gateway::start(
+        &topo,
+        two_threads().set("server.private_file_tables", private_file_tables),
+    )?;
+    let sources = add_source_addresses(&topo, "dev", 100, 2)?;
+    let mut args = vec![
+        "--target",
+        CORP_ADDR,
+        "--sessions",
+        "200",
+        "--mode",
+        "cookie",
+    ];
+    for s in &sources {
+        args.extend(["--source", s.as_str()]);
+    }
+    let run = run_bench(
+        &topo,
+        &gw,
+        "dev",
+        Login {
+            user: USER,
+            password: PASSWORD,
+        },
+        "storm",
+        &args,
+        Duration::from_secs(120),
+    )?;
+    ensure!(
+        run.report["ok"] == true && run.num("/action/recovered") == 200.0,
+        "storm: {}",
+        run.output
+    );
+    ensure!(
+        run.num("/action/probes_unanswered") == 0.0,
+        "{}",
+        run.output
+    );
+    let moved = gw.metric_or_zero("tunneld_steering_updates_total", &[])?;
+    ensure!(
+        moved >= 20.0,
+        "only {moved} of 200 reconnects landed on the other thread: {}",
+        gw.metrics()?
+    );
+    let down = gw.metric("tunneld_packets_total", &[("direction", "down")])?;
+    let handoffs = gw.metric("tunneld_downstream_handoffs_total", &[])?;
+    ensure!(
+        handoffs == 0.0,
+        "{handoffs} of {down} downstream packets crossed threads after {moved} sessions moved"
+    );
+    Ok(())
+}
+
 #[test]
 fn private_file_tables_carry_sessions_outside_the_main_table() -> Result<()> {
     let topo = Topology::standard()?;

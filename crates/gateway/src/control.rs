@@ -398,7 +398,7 @@ fn status(sh: &Shared) -> StatusInfo {
         config_file: sh.reload.config_path().map(Path::to_owned),
         tun: cfg.network.tun_name.clone(),
         threads: sh.threads,
-        tun_steering: if sh.steering.load(std::sync::atomic::Ordering::Relaxed) {
+        tun_steering: if sh.steering.get().is_some() {
             "address"
         } else {
             "flow"

@@ -23,7 +23,7 @@ use crate::pool::Pool;
 use crate::reload::{CertInfo, ReloadState};
 use crate::server::Shared;
 use crate::sessions::{EndReason, Sessions};
-use crate::steering::{Plan, Program};
+use crate::steering::{Plan, SlotMap, Steering};
 use crate::table::SessionTable;
 use crate::tls::{self, TlsError};
 use crate::users::{UserDb, UsersError};
@@ -213,7 +213,7 @@ impl Gateway {
             health: Health::new(Some(tun.clone())),
             reload: ReloadState::new(config_path, CertInfo::from(&cert)),
             threads: config.server.thread_count(),
-            steering: false.into(),
+            steering: std::sync::OnceLock::new(),
         });
 
         let mut tasks = Vec::new();
@@ -234,6 +234,12 @@ impl Gateway {
         // Each thread's sessions take their addresses from its own stripe of the pool, which is
         // what the steering program reads.
         shared.pool.set_stripes(threads);
+        // The map that lets a session's replies follow it to another thread is created before the
+        // threads start, so that threads with private file tables hold it too.
+        let plan = Plan::new(&shared.pool, threads);
+        let slots = SlotMap::create(&plan)
+            .inspect_err(|e| tracing::debug!(error = %e, "no TUN steering map"))
+            .ok();
         let (workers, listen) = workers::start(
             threads,
             config.server.private_file_tables,
@@ -242,13 +248,18 @@ impl Gateway {
             &tun,
         )?;
         // With every thread's queue attached (thread t reads queue 1 + t).
-        match Program::load(&Plan::new(&shared.pool, threads)).and_then(|p| p.attach(&*tun.dev)) {
-            Ok(()) => {
-                shared.steering.store(true, Ordering::Relaxed);
+        let steering = Steering::load(plan, slots).and_then(|s| {
+            s.program().attach(&*tun.dev)?;
+            Ok(s)
+        });
+        match steering {
+            Ok(s) => {
                 tracing::info!(
                     threads,
+                    follows_reconnects = s.follows_moves(),
                     "TUN steering: by destination address (eBPF program)"
                 );
+                let _ = shared.steering.set(s);
             }
             Err(e) => tracing::warn!(
                 error = %e,

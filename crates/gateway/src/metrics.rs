@@ -187,6 +187,9 @@ pub struct Metrics {
     down_packets: IntCounter,
     down_bytes: IntCounter,
     downstream_handoffs: IntCounter,
+    /// Times a session's address was steered to another thread's TUN queue (a reconnect on
+    /// another thread than the address's stripe, or back).
+    pub steering_updates: IntCounter,
 }
 
 impl Metrics {
@@ -375,6 +378,15 @@ impl Metrics {
         registry
             .register(Box::new(downstream_handoffs.clone()))
             .expect("unique metric name");
+        let steering_updates = IntCounter::new(
+            "tunneld_steering_updates_total",
+            "Times a session's address was steered to the TUN queue of another data-plane thread \
+             (a cookie reconnect landing on another thread than before).",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(steering_updates.clone()))
+            .expect("unique metric name");
         let drop_handles = DropReason::ALL.map(|r| drops.with_label_values(&[r.as_str()]));
         let up_packets = packets.with_label_values(&["up"]);
         let down_packets = packets.with_label_values(&["down"]);
@@ -414,6 +426,7 @@ impl Metrics {
             down_packets,
             down_bytes,
             downstream_handoffs,
+            steering_updates,
         }
     }
 

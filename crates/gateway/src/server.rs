@@ -73,8 +73,8 @@ pub struct Shared {
     pub reload: ReloadState,
     /// How many data-plane threads run ([`crate::workers`]).
     pub threads: usize,
-    /// True once the TUN steering program is attached ([`crate::steering`]).
-    pub steering: AtomicBool,
+    /// The TUN steering program, once attached ([`crate::steering`]).
+    pub steering: std::sync::OnceLock<crate::steering::Steering>,
 }
 
 impl std::fmt::Debug for Shared {

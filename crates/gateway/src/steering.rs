@@ -13,8 +13,19 @@
 //! sixteen-instruction eBPF socket filter built here with the pool's numbers as constants. It
 //! reads the destination (the low 32 bits for IPv6), turns it into the slot `i`, and returns the
 //! queue of thread `i % threads` (queue `1 + t`: queue 0 is the main runtime's, see
-//! [`crate::dataplane::Tun::attach_queue`]). Anything else goes to queue 0. It needs no map, so
-//! nothing changes it after start-up, and the driver no longer hashes every packet.
+//! [`crate::dataplane::Tun::attach_queue`]). Anything else goes to queue 0, and the driver no
+//! longer hashes every packet.
+//!
+//! A session keeps its address when it reconnects with its cookie, but the kernel hands the new
+//! TCP connection to whichever thread's listener its hash picks: with two threads, about every
+//! other reconnect lands on the thread that does not own the address's stripe. So the program
+//! first looks the slot up in an array map ([`Steering::steer`]): zero means "the stripe's
+//! thread", anything else is the queue to use. A connection sets its slot's entry when it installs
+//! its route on a thread other than the stripe's (and clears it when it is back), one `bpf` call
+//! per such reconnect; packets never wait for it, since a packet that reaches the wrong queue is
+//! handed to its session's thread as before. The map is created before the data-plane threads
+//! start, so that threads with private file tables hold its descriptor too. If it cannot be
+//! created, the program is built without it (replies of moved sessions then cross threads).
 //!
 //! Loading a program needs `CAP_BPF` or `CAP_SYS_ADMIN` on most kernels (Debian sets
 //! `kernel.unprivileged_bpf_disabled`); it happens at start, before privileges are dropped. A
@@ -23,6 +34,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 
 use crate::pool::Pool;
 
@@ -30,9 +42,16 @@ use crate::pool::Pool;
 const NET_OFF: i32 = -0x10_0000;
 /// `_IOR('T', 224, int)`.
 const TUNSETSTEERINGEBPF: libc::c_ulong = 0x8004_54e0;
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+/// `src_reg` of a `BPF_LD | BPF_IMM | BPF_DW` that loads a map by descriptor.
+const BPF_PSEUDO_MAP_FD: u8 = 1;
+/// The `bpf_map_lookup_elem` helper.
+const FUNC_MAP_LOOKUP_ELEM: i32 = 1;
 
 /// One eBPF instruction, as the kernel reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,8 +79,17 @@ const LD_ABS_B: u8 = 0x30;
 /// `BPF_LD | BPF_ABS | BPF_W`.
 const LD_ABS_W: u8 = 0x20;
 const ALU32_K: u8 = 0x04;
+const ALU64_K: u8 = 0x07;
 const ALU64_X: u8 = 0x07 | 0x08;
 const JMP_K: u8 = 0x05;
+/// `BPF_LD | BPF_IMM | BPF_DW`: a 64-bit immediate over two instructions.
+const LD_IMM64: u8 = 0x18;
+/// `BPF_STX | BPF_MEM | BPF_W`.
+const STX_MEM_W: u8 = 0x63;
+/// `BPF_LDX | BPF_MEM | BPF_W`.
+const LDX_MEM_W: u8 = 0x61;
+/// `BPF_JMP | BPF_CALL`.
+const CALL: u8 = 0x85;
 const MOV: u8 = 0xb0;
 const ADD: u8 = 0x00;
 const SUB: u8 = 0x10;
@@ -110,22 +138,22 @@ impl Plan {
     }
 }
 
-/// The steering program for `plan`.
-fn program(plan: &Plan) -> [Insn; 16] {
+/// The steering program for `plan`, looking each slot up in the array map `map` first when given.
+fn program(plan: &Plan, map: Option<RawFd>) -> Vec<Insn> {
     // Constants go in 32-bit immediates; the arithmetic is 32-bit, so the casts wrap as meant.
     let v4 = plan.v4_base as i32;
     let v6 = plan.v6_base as i32;
     let size = i32::try_from(plan.size).unwrap_or(i32::MAX);
     let threads = i32::try_from(plan.threads.max(1)).unwrap_or(i32::MAX);
-    [
+    let mut p = vec![
         // 0: r6 = ctx (the packet loads below read it from r6).
         insn(ALU64_X | MOV, 6, 1, 0, 0),
         // 1: r0 = IP version nibble.
         insn(LD_ABS_B, 0, 0, 0, NET_OFF),
         insn(ALU32_K | RSH, 0, 0, 0, 4),
-        // 3: IPv6 -> 8; not IPv4 -> 14 (queue 0).
+        // 3: IPv6 -> 8; not IPv4 -> queue 0 (patched below).
         insn(JMP_K | JEQ, 0, 0, 4, 6),
-        insn(JMP_K | JNE, 0, 0, 9, 4),
+        insn(JMP_K | JNE, 0, 0, 0, 4),
         // 5: IPv4: slot = destination - slot 0's address.
         insn(LD_ABS_W, 0, 0, 0, NET_OFF + 16),
         insn(ALU32_K | SUB, 0, 0, 0, v4),
@@ -133,15 +161,179 @@ fn program(plan: &Plan) -> [Insn; 16] {
         // 8: IPv6: the same on the low 32 bits of the destination.
         insn(LD_ABS_W, 0, 0, 0, NET_OFF + 36),
         insn(ALU32_K | SUB, 0, 0, 0, v6),
-        // 10: outside the pool -> queue 0; else queue 1 + slot % threads.
-        insn(JMP_K | JGE, 0, 0, 3, size),
+        // 10: outside the pool -> queue 0 (patched below).
+        insn(JMP_K | JGE, 0, 0, 0, size),
+        // 11: r7 = slot (r7 survives the helper call).
+        insn(ALU64_X | MOV, 7, 0, 0, 0),
+    ];
+    if let Some(fd) = map {
+        p.extend([
+            // 12: key = slot, on the stack; r0 = &map[slot] or null.
+            insn(STX_MEM_W, 10, 0, -4, 0),
+            insn(LD_IMM64, 1, BPF_PSEUDO_MAP_FD, 0, fd),
+            insn(0, 0, 0, 0, 0),
+            insn(ALU64_X | MOV, 2, 10, 0, 0),
+            insn(ALU64_K | ADD, 2, 0, 0, -4),
+            insn(CALL, 0, 0, 0, FUNC_MAP_LOOKUP_ELEM),
+            // 18: no entry -> the stripe's queue; a non-zero entry is the queue.
+            insn(JMP_K | JEQ, 0, 0, 2, 0),
+            insn(LDX_MEM_W, 0, 0, 0, 0),
+            insn(JMP_K | JNE, 0, 0, 3, 0),
+        ]);
+    }
+    p.extend([
+        // The stripe's queue: 1 + slot % threads.
+        insn(ALU64_X | MOV, 0, 7, 0, 0),
         insn(ALU32_K | MOD, 0, 0, 0, threads),
         insn(ALU32_K | ADD, 0, 0, 0, 1),
         insn(EXIT, 0, 0, 0, 0),
-        // 14: queue 0.
-        insn(ALU32_K | MOV, 0, 0, 0, 0),
-        insn(EXIT, 0, 0, 0, 0),
-    ]
+    ]);
+    // Queue 0, the target of the jumps at 4 and 10.
+    let q0 = p.len();
+    p.extend([insn(ALU32_K | MOV, 0, 0, 0, 0), insn(EXIT, 0, 0, 0, 0)]);
+    for at in [4, 10] {
+        if let Some(i) = p.get_mut(at) {
+            i.off = i16::try_from(q0 - at - 1).unwrap_or(i16::MAX);
+        }
+    }
+    p
+}
+
+/// `union bpf_attr` for `BPF_MAP_CREATE`.
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
+/// `union bpf_attr` for `BPF_MAP_UPDATE_ELEM`.
+#[repr(C)]
+#[derive(Default)]
+struct MapUpdateAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// The per-slot queue overrides the program reads: an array map of `u32`, one per pool slot, all
+/// zero ("the stripe's thread") at first.
+#[derive(Debug)]
+pub struct SlotMap {
+    fd: OwnedFd,
+    /// What each entry holds now, so that only changes reach the kernel.
+    entries: Box<[AtomicU16]>,
+}
+
+impl SlotMap {
+    /// Creates the map for `plan`'s pool. Call it before the data-plane threads take private file
+    /// tables, so that they hold the descriptor too.
+    pub fn create(plan: &Plan) -> io::Result<Self> {
+        let mut attr = MapCreateAttr {
+            map_type: BPF_MAP_TYPE_ARRAY,
+            key_size: 4,
+            value_size: 4,
+            max_entries: plan.size.max(1),
+            map_flags: 0,
+        };
+        let fd = bpf(BPF_MAP_CREATE, &mut attr)?;
+        let fd = RawFd::try_from(fd).map_err(io::Error::other)?;
+        #[allow(unsafe_code)]
+        // SAFETY: BPF_MAP_CREATE returned a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let entries = (0..plan.size.max(1)).map(|_| AtomicU16::new(0)).collect();
+        Ok(Self { fd, entries })
+    }
+
+    fn set(&self, index: u32, queue: u32) -> io::Result<()> {
+        let key = index;
+        let mut attr = MapUpdateAttr {
+            map_fd: u32::try_from(self.fd.as_raw_fd()).map_err(io::Error::other)?,
+            key: std::ptr::from_ref(&key) as u64,
+            value: std::ptr::from_ref(&queue) as u64,
+            ..MapUpdateAttr::default()
+        };
+        bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+    }
+}
+
+/// Steering as it runs: the loaded program and, when it could be created, its slot map.
+#[derive(Debug)]
+pub struct Steering {
+    plan: Plan,
+    program: Program,
+    slots: Option<SlotMap>,
+    /// Set when an update failed: kernels before 6.5 refuse every `bpf()` call without CAP_BPF,
+    /// which the threads no longer have once privileges are dropped.
+    given_up: AtomicBool,
+}
+
+impl Steering {
+    /// Loads the program for `plan`, reading `slots` when given.
+    pub fn load(plan: Plan, slots: Option<SlotMap>) -> io::Result<Self> {
+        let program =
+            Program::load_insns(&program(&plan, slots.as_ref().map(|m| m.fd.as_raw_fd())))?;
+        Ok(Self {
+            plan,
+            program,
+            slots,
+            given_up: AtomicBool::new(false),
+        })
+    }
+
+    /// The loaded program.
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
+    /// True when moved sessions can be followed (the slot map exists).
+    pub fn follows_moves(&self) -> bool {
+        self.slots.is_some()
+    }
+
+    /// Sends the packets for slot `index` to the queue of data-plane thread `thread` from now on.
+    /// Returns true when that changed the slot's entry (the session moved, or moved back). An
+    /// error leaves the entry as it was (its packets keep reaching the stripe's thread, which
+    /// hands them over) and ends steering by the map: only the first error is returned.
+    pub fn steer(&self, index: u32, thread: u16) -> io::Result<bool> {
+        let Some(slots) = self
+            .slots
+            .as_ref()
+            .filter(|_| !self.given_up.load(Ordering::Relaxed))
+        else {
+            return Ok(false);
+        };
+        let Some(entry) = slots.entries.get(index as usize) else {
+            return Ok(false);
+        };
+        if thread == crate::dataplane::NO_THREAD {
+            return Ok(false);
+        }
+        let queue = 1 + u32::from(thread);
+        let value = if queue == self.plan.queue_of(index) {
+            0
+        } else {
+            queue
+        };
+        let value16 = u16::try_from(value).unwrap_or(u16::MAX);
+        if entry.load(Ordering::Relaxed) == value16 {
+            return Ok(false);
+        }
+        if let Err(e) = slots.set(index, value) {
+            return if self.given_up.swap(true, Ordering::Relaxed) {
+                Ok(false)
+            } else {
+                Err(e)
+            };
+        }
+        entry.store(value16, Ordering::Relaxed);
+        Ok(true)
+    }
 }
 
 /// `union bpf_attr` for `BPF_PROG_LOAD`, up to the fields used (the kernel accepts a prefix).
@@ -203,7 +395,10 @@ impl Program {
     /// Builds the program for `plan` and loads it into the kernel. The error carries the
     /// verifier's log when the kernel refused the program itself.
     pub fn load(plan: &Plan) -> io::Result<Self> {
-        let insns = program(plan);
+        Self::load_insns(&program(plan, None))
+    }
+
+    fn load_insns(insns: &[Insn]) -> io::Result<Self> {
         let license = c"GPL";
         let mut log = vec![0u8; 4096];
         let mut attr = ProgLoadAttr {
@@ -347,6 +542,68 @@ mod tests {
                 assert_eq!(got, 0, "{other}");
             }
             assert_eq!(prog.test_run(&[0x10; 40]).unwrap(), 0);
+        }
+    }
+
+    /// A failed map update (here: a descriptor that is not a map; on kernels before 6.5, a thread
+    /// without CAP_BPF) is reported once, and steering by the map stops there.
+    #[test]
+    fn a_failed_update_is_reported_once_then_steering_by_map_stops() {
+        let (_, plan) = plan(false, 2);
+        let slots = SlotMap::create(&plan).expect("create the slot map (needs CAP_BPF)");
+        let mut st = Steering::load(plan, Some(slots)).expect("load the program");
+        if let Some(slots) = st.slots.as_mut() {
+            slots.fd = std::fs::File::open("/dev/null").unwrap().into();
+        }
+        assert!(st.steer(1, 0).is_err());
+        assert!(!st.steer(1, 0).unwrap());
+        assert!(!st.steer(3, 0).unwrap());
+    }
+
+    /// With the slot map, a slot steered to another thread's queue gets its packets there (IPv4
+    /// and IPv6), every other slot keeps its stripe's queue, and steering it back to the stripe's
+    /// thread clears the entry. Only changes count.
+    #[test]
+    fn a_steered_slot_follows_its_session_to_another_thread() {
+        for threads in [2, 3] {
+            let (pool, plan) = plan(true, threads);
+            let slots = SlotMap::create(&plan).expect("create the slot map (needs CAP_BPF)");
+            let st = Steering::load(plan, Some(slots)).expect("load the program with its map");
+            assert!(st.follows_moves());
+            let run = |index: u32| {
+                let v4 = st
+                    .program()
+                    .test_run(&v4_packet(pool.ipv4_of(index)))
+                    .unwrap();
+                let v6 = st
+                    .program()
+                    .test_run(&v6_packet(pool.ipv6_of(index).unwrap()))
+                    .unwrap();
+                assert_eq!(v4, v6, "slot {index}");
+                v4
+            };
+            for index in [0, 1, 2, 7, pool.size() - 1] {
+                assert_eq!(run(index), plan.queue_of(index), "slot {index}");
+            }
+            // Slot 5's stripe is thread 5 % threads (not 0); its session reconnects on thread 0.
+            let home = plan.queue_of(5);
+            assert_ne!(home, 1);
+            assert!(st.steer(5, 0).unwrap());
+            assert!(!st.steer(5, 0).unwrap(), "no change, no update");
+            assert_eq!(run(5), 1);
+            assert_eq!(run(4), plan.queue_of(4));
+            assert_eq!(run(6), plan.queue_of(6));
+            // Back on its own thread.
+            assert!(st.steer(5, u16::try_from(home - 1).unwrap()).unwrap());
+            assert_eq!(run(5), home);
+            // A slot outside the pool is not steered, and the program still says queue 0 there.
+            assert!(!st.steer(pool.size(), 0).unwrap());
+            assert_eq!(
+                st.program()
+                    .test_run(&v4_packet("10.9.255.255".parse().unwrap()))
+                    .unwrap(),
+                0
+            );
         }
     }
 }

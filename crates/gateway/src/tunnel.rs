@@ -221,6 +221,19 @@ pub(crate) async fn run(
             "route replaced"
         );
     }
+    if let Some(steering) = sh.steering.get() {
+        // A reconnect on another thread than the address's stripe: its replies follow it.
+        match steering.steer(assigned.index, route.thread) {
+            Ok(true) => sh.metrics.steering_updates.inc(),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(
+                session = session.id,
+                error = %e,
+                "cannot update the TUN steering map (kernels before 6.5 need CAP_BPF for it); \
+                 replies of sessions that reconnect onto another thread are handed over from now on"
+            ),
+        }
+    }
     if let Err(e) = tls.write_all(&resp.encode()).await.and(tls.flush().await) {
         tracing::info!(session = session.id, %peer, error = %e, "CONNECT reply failed");
         sh.table.remove_if(assigned.index, &route);

@@ -16,9 +16,10 @@
 //! TCP retransmits in 10 s, against 537 with pinned sessions; docs/architecture.md, "Threads").
 //!
 //! Everything else stays shared through memory: the session registry, the address pool and route
-//! table (`Arc`s), metrics and config. A packet read on another thread's queue (a session that
-//! reconnected onto another thread, or no steering program) goes to its session through the
-//! session's channel as before. The main runtime keeps the TUN device's first queue (and its
+//! table (`Arc`s), metrics and config. A session that reconnects onto another thread steers its
+//! address to that thread's queue ([`crate::steering::Steering::steer`]). A packet read on another
+//! thread's queue all the same (no steering program, or one in flight while the session moved)
+//! goes to its session through the session's channel. The main runtime keeps the TUN device's first queue (and its
 //! reader), the DTLS demux, the admin and control listeners and the reaper.
 //!
 //! ## Private file tables (`server.private_file_tables`)
