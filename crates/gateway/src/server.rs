@@ -543,29 +543,14 @@ async fn handle_connect(
         return Ok(Next::Close);
     }
     let Some(session) = sh.sessions.find_by_cookie(&creq.cookie) else {
-        sh.metrics
-            .auth_failures
-            .with_label_values(&["bad_cookie"])
-            .inc();
         tracing::info!(%peer, "CONNECT with an unknown or expired cookie; 401");
-        let ban = sh.config.load().ban.clone();
-        sh.bans.record_failure(peer.ip(), &ban, Instant::now());
-        write_response(
-            tls,
-            &connect::error_response(401, "Cookie is not acceptable", None),
-        )
-        .await?;
-        return Ok(Next::Close);
+        return refuse_cookie(sh, tls, peer, "bad_cookie").await;
     };
     if let Some(device) = &session.device {
         // A certificate session's cookie works only with the certificate that logged in; the TLS
         // handshake has just checked that certificate against the current CRLs.
         let presented = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
         if !presented.is_some_and(|leaf| device.is(leaf.as_ref())) {
-            sh.metrics
-                .auth_failures
-                .with_label_values(&["cookie_certificate"])
-                .inc();
             tracing::warn!(
                 session = session.id,
                 user = %session.user,
@@ -573,15 +558,27 @@ async fn handle_connect(
                 presented = if presented.is_some() { "another certificate" } else { "no certificate" },
                 "CONNECT with a certificate session's cookie but not its device certificate; 401"
             );
-            let ban = sh.config.load().ban.clone();
-            sh.bans.record_failure(peer.ip(), &ban, Instant::now());
-            write_response(
-                tls,
-                &connect::error_response(401, "Cookie is not acceptable", None),
-            )
-            .await?;
-            return Ok(Next::Close);
+            return refuse_cookie(sh, tls, peer, "cookie_certificate").await;
         }
     }
     Ok(Next::Tunnel(session, creq))
+}
+
+/// Refuses a CONNECT's cookie: counted as an auth failure (`reason`), scored against `peer` like a
+/// failed login, answered with `401`, and the connection closed.
+async fn refuse_cookie(
+    sh: &Arc<Shared>,
+    tls: &mut TlsStream<TcpStream>,
+    peer: SocketAddr,
+    reason: &str,
+) -> std::io::Result<Next> {
+    sh.metrics.auth_failures.with_label_values(&[reason]).inc();
+    let ban = sh.config.load().ban.clone();
+    sh.bans.record_failure(peer.ip(), &ban, Instant::now());
+    write_response(
+        tls,
+        &connect::error_response(401, "Cookie is not acceptable", None),
+    )
+    .await?;
+    Ok(Next::Close)
 }
