@@ -515,19 +515,23 @@ def main():
     p("the system and buffers under load. CPU: a device averaging 100 kbit/s in the busy hour, with")
     p(f"{fmt(cpg, 2)} server cores per Gbit/s moved (harness throughput, both directions counted).")
     p("Re-login storms: at the measured rate a server re-admits all its devices in N / (cores x setups")
-    p("per core-second) seconds. The address pool used here (/16) holds 65,534 devices; without the")
+    p("per core-second) seconds: with a password check (SHA-512 crypt), or with device certificates")
+    p("(no password; Microsoft Tunnel's devices log in so), at the certificate rate measured over the")
+    p("most logins. The address pool used here (/16) holds 65,534 devices; without the")
     p("private file tables a process is also bound by its host's open-files limit. Only the first row's")
     p("cores were measured (this machine has 2 cores, 24 GiB); the other rows scale the measured")
     p("per-core and per-session costs linearly, which assumes the work spreads evenly over cores.")
     p()
-    p("| cores | RAM | devices (memory bound) | devices (CPU bound, 100 kbit/s each) | full re-login of the smaller (s) |")
-    p("|---:|---:|---:|---:|---:|")
+    cert_spc = ours.get("certgoal_per_cpu") or ours.get("cert_setups_per_cpu")
+    p("| cores | RAM | devices (memory bound) | devices (CPU bound, 100 kbit/s each) | full re-login of the smaller, password (s) | the same, device certificates (s) |")
+    p("|---:|---:|---:|---:|---:|---:|")
     for cores, ram in ((2, 4), (4, 8), (8, 16), (16, 32)):
         mem_bound = int(ram * 1024 * 1024 * 0.5 / pss_max) if pss_max else None
         cpu_bound = int(cores / cpg * 1e6 / 100) if cpg else None
         n = min(x for x in (mem_bound, cpu_bound) if x is not None) if (mem_bound or cpu_bound) else None
         relogin = n / (cores * spc) if n and spc else None
-        p(f"| {cores} | {ram} GiB | {mem_bound:,} | {cpu_bound:,} | {fmt(relogin)} |" if mem_bound and cpu_bound else f"| {cores} | {ram} GiB | n/a | n/a | n/a |")
+        cert_relogin = n / (cores * cert_spc) if n and cert_spc else None
+        p(f"| {cores} | {ram} GiB | {mem_bound:,} | {cpu_bound:,} | {fmt(relogin)} | {fmt(cert_relogin)} |" if mem_bound and cpu_bound else f"| {cores} | {ram} GiB | n/a | n/a | n/a | n/a |")
     p()
 
     micro = os.path.join(out, "micro.txt")
