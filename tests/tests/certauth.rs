@@ -1,8 +1,9 @@
 //! Client-certificate login (`auth.method = "certificate"`), as Microsoft Tunnel devices log in:
 //! openconnect with a device certificate from the configured CA gets in and its traffic flows;
 //! a certificate from another CA, a revoked one, none at all, and a locked user are refused and
-//! counted; health probes work without a certificate; a certificate session's cookie works only
-//! with its own certificate; a CRL rotated by reload revokes at once and ends the revoked
+//! counted; health probes work without a certificate; a certificate session's cookie connects on
+//! its own (as NetworkManager-openconnect uses it), or, with `auth.bind_cookie_to_certificate`,
+//! only with its own certificate; a CRL rotated by reload revokes at once and ends the revoked
 //! device's live sessions, and no one else's.
 //!
 //! One topology and one gateway for the whole file: each step below is a separate claim, checked
@@ -64,7 +65,7 @@ fn device_certificates_log_in_and_foreign_revoked_missing_or_locked_ones_are_ref
     let users = topo.dir().join("cert-users");
     let alice_line = users_file_line("alice", "unused")?.replacen("alice::", "alice:eng:", 1);
     std::fs::write(&users, format!("{alice_line}\ndave:*:!\n"))?;
-    let gw = Gateway::start(
+    let mut gw = Gateway::start(
         &topo,
         GatewayConfig::new()
             .set("auth.method", "certificate")
@@ -186,23 +187,39 @@ fn device_certificates_log_in_and_foreign_revoked_missing_or_locked_ones_are_ref
         "the locked user was not counted as a bad certificate"
     );
 
-    // A certificate session's cookie is bound to the certificate that logged in. `--authenticate`
-    // gives alice a second session and prints its cookie; from another device (another source
-    // address for the ban score), the cookie alone or with bob's valid certificate is refused.
-    let auth = authenticate_certificate(&topo, &gw, "dev2", &alice.cert, &alice.key)?;
+    // By default a certificate session's cookie connects on its own, as NetworkManager-openconnect
+    // does it: its auth dialog logs in with the certificate (here `--authenticate`), then the VPN
+    // service connects with the cookie and no certificate. That gives alice a second session.
+    let nm_login = authenticate_certificate(&topo, &gw, "dev2", &alice.cert, &alice.key)?;
+    let nm_cookie = nm_login
+        .cookie
+        .with_context(|| format!("no cookie from --authenticate: {}", nm_login.output))?;
+    let alice_nm = Client::connect(&topo, &gw, ClientOpts::cookie(&nm_cookie).device("dev2"))?;
+    alice_nm.ping(&topo, CORP_ADDR, 2)?;
+
+    // With auth.bind_cookie_to_certificate, a cookie works only with the certificate that logged
+    // in. A third session of alice: from another device (another source address for the ban
+    // score), its cookie alone or with bob's valid certificate is refused; with hers it connects.
+    let config = gw
+        .config()
+        .clone()
+        .set("auth.bind_cookie_to_certificate", true);
+    gw.write_config(config)?;
+    gw.tunnelctl(&["reload"])?.check()?;
+    let auth = authenticate_certificate(&topo, &gw, "dev3", &alice.cert, &alice.key)?;
     let cookie = auth
         .cookie
         .with_context(|| format!("no cookie from --authenticate: {}", auth.output))?;
     refused(
         &topo,
         &gw,
-        ClientOpts::cookie(&cookie).device("dev2"),
+        ClientOpts::cookie(&cookie).device("dev3"),
         "alice's cookie without a certificate",
     )?;
     refused(
         &topo,
         &gw,
-        with_certificate(ClientOpts::cookie(&cookie).device("dev2"), &bob),
+        with_certificate(ClientOpts::cookie(&cookie).device("dev3"), &bob),
         "alice's cookie with bob's certificate",
     )?;
     gw.wait_metric(
@@ -213,38 +230,37 @@ fn device_certificates_log_in_and_foreign_revoked_missing_or_locked_ones_are_ref
     )?;
     gw.wait_for_log(&["not its device certificate", "no certificate"], WAIT)?;
     gw.wait_for_log(&["not its device certificate", "another certificate"], WAIT)?;
-    // With her own certificate, the cookie connects.
-    let alice2 = Client::connect(
+    let alice3 = Client::connect(
         &topo,
         &gw,
-        with_certificate(ClientOpts::cookie(&cookie).device("dev2"), &alice),
+        with_certificate(ClientOpts::cookie(&cookie).device("dev3"), &alice),
     )?;
-    alice2.ping(&topo, CORP_ADDR, 2)?;
+    alice3.ping(&topo, CORP_ADDR, 2)?;
+    // bob's device shares the first device's namespace, on its own interface.
     let bob_client = Client::connect(
         &topo,
         &gw,
-        ClientOpts::certificate(&bob.cert, &bob.key).device("dev3"),
+        ClientOpts::certificate(&bob.cert, &bob.key).interface("oc2"),
     )?;
-    bob_client.ping(&topo, CORP_ADDR, 2)?;
     ensure!(
-        gw.metric("tunneld_auth_successes_total", &[])? == 3.0,
-        "exactly three logins succeeded (alice twice, bob)"
+        gw.metric("tunneld_auth_successes_total", &[])? == 4.0,
+        "exactly four logins succeeded (alice three times, bob)"
     );
 
-    // Rotating the CRL: revoke alice and reload. Both her live sessions end at once, her next
-    // login is refused at the handshake, and bob's session goes on.
+    // Rotating the CRL: revoke alice and reload. All three of her live sessions end at once, her
+    // next login is refused at the handshake, and bob's session goes on.
     ca.revoke(&alice)?;
     ca.crl()?;
     let out = gw.tunnelctl(&["reload"])?.check()?;
     ensure!(
         out.stdout
-            .contains("2 session(s) whose device certificate is now revoked"),
+            .contains("3 session(s) whose device certificate is now revoked"),
         "reload: {out}"
     );
     gw.wait_metric(
         "tunneld_sessions_ended_total",
         &[("reason", "revoked")],
-        2.0,
+        3.0,
         WAIT,
     )?;
     gw.wait_for_log(
@@ -254,8 +270,12 @@ fn device_certificates_log_in_and_foreign_revoked_missing_or_locked_ones_are_ref
         ],
         WAIT,
     )?;
-    let (mut client, mut alice2) = (client, alice2);
-    for (c, which) in [(&mut client, "first"), (&mut alice2, "second")] {
+    let (mut client, mut alice_nm, mut alice3) = (client, alice_nm, alice3);
+    for (c, which) in [
+        (&mut client, "first"),
+        (&mut alice_nm, "cookie-only"),
+        (&mut alice3, "third"),
+    ] {
         ensure!(
             c.wait_exit(Duration::from_secs(15))?.is_some(),
             "alice's {which} openconnect still runs after her certificate was revoked"
@@ -273,11 +293,18 @@ fn device_certificates_log_in_and_foreign_revoked_missing_or_locked_ones_are_ref
         3.0,
         WAIT,
     )?;
-    // The revoked certificate cannot carry the cookie back either: its handshake fails.
+    // Her cookies died with their sessions: the NetworkManager-style one (no certificate) gets a
+    // 401, and her revoked certificate cannot carry the other back either (its handshake fails).
     refused(
         &topo,
         &gw,
-        with_certificate(ClientOpts::cookie(&cookie).device("dev2"), &alice),
+        ClientOpts::cookie(&nm_cookie).device("dev2"),
+        "alice's cookie-only session's cookie after the revocation",
+    )?;
+    refused(
+        &topo,
+        &gw,
+        with_certificate(ClientOpts::cookie(&cookie).device("dev3"), &alice),
         "alice's cookie with her revoked certificate",
     )?;
     bob_client.ping(&topo, CORP_ADDR, 2)?;

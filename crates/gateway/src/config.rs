@@ -292,6 +292,10 @@ pub struct AuthConfig {
     /// Which field of the client certificate is the username: `"cn"` (default), `"uid"` or
     /// `"email"`.
     pub cert_username: CertUsername,
+    /// A certificate session's cookie works only on a connection that presents the same
+    /// certificate. Off by default: NetworkManager-openconnect connects with the cookie alone.
+    /// Only with `method = "certificate"`.
+    pub bind_cookie_to_certificate: bool,
 }
 
 impl Default for AuthConfig {
@@ -302,6 +306,7 @@ impl Default for AuthConfig {
             ca_file: None,
             crl_files: Vec::new(),
             cert_username: CertUsername::default(),
+            bind_cookie_to_certificate: false,
         }
     }
 }
@@ -943,6 +948,12 @@ impl Config {
                 if !a.crl_files.is_empty() {
                     v.err("auth.crl_files", "set but auth.method is not \"certificate\"");
                 }
+                if a.bind_cookie_to_certificate {
+                    v.err(
+                        "auth.bind_cookie_to_certificate",
+                        "set but auth.method is not \"certificate\"",
+                    );
+                }
             }
         }
         for (i, p) in a.crl_files.iter().enumerate() {
@@ -1225,8 +1236,14 @@ mod tests {
         assert_eq!(c.auth.method, AuthMethod::Certificate);
         assert_eq!(c.auth.cert_username, CertUsername::Uid);
         assert_eq!(
-            invalid_fields("[auth]\nca_file = \"/ca.pem\"\ncrl_files = [\"/a.crl\"]\n"),
-            ["auth.ca_file", "auth.crl_files"]
+            invalid_fields(
+                "[auth]\nca_file = \"/ca.pem\"\ncrl_files = [\"/a.crl\"]\nbind_cookie_to_certificate = true\n"
+            ),
+            [
+                "auth.ca_file",
+                "auth.crl_files",
+                "auth.bind_cookie_to_certificate"
+            ]
         );
         assert!(Config::from_toml_str("[auth]\nmethod = \"kerberos\"\n").is_err());
         assert!(Config::from_toml_str("[auth]\ncert_username = \"sn\"\n").is_err());

@@ -546,9 +546,10 @@ async fn handle_connect(
         tracing::info!(%peer, "CONNECT with an unknown or expired cookie; 401");
         return refuse_cookie(sh, tls, peer, "bad_cookie").await;
     };
-    if let Some(device) = &session.device {
-        // A certificate session's cookie works only with the certificate that logged in; the TLS
-        // handshake has just checked that certificate against the current CRLs.
+    let bind = sh.config.load().auth.bind_cookie_to_certificate;
+    if let Some(device) = session.device.as_ref().filter(|_| bind) {
+        // The cookie works only with the certificate that logged in; the TLS handshake has just
+        // checked that certificate against the current CRLs.
         let presented = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
         if !presented.is_some_and(|leaf| device.is(leaf.as_ref())) {
             tracing::warn!(
