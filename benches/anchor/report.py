@@ -444,7 +444,12 @@ def main():
             p("    the cause while a session's task moved between runtime threads (the kernel queues a")
             p("    forwarded packet on the writing CPU's backlog): about 80,000 upload retransmits in 10 s")
             p("    (anchor at 64f1b22). Sessions are now pinned to a thread (`server.threads`), which took")
-            p("    that to a few thousand; what remains above ocserv's count was not investigated.")
+            p("    that down, but the upload count varies widely from run to run: 12,447 in the anchor at")
+            p("    b46af8d, and by hand, two 10 s uploads each with that build and with 2da75fa: 10,825 to")
+            p("    39,008 retransmits, 33,388 to 78,192 `TCPOFOQueue` at the corp host, with no difference")
+            p("    between the builds. Pinning the data-plane threads to CPUs (`taskset`) did not change it")
+            p("    either (9,726 to 41,886 in six runs). Where the remaining reordering comes from was not")
+            p("    found: tun-rs's GRO writes each flow's packets in sequence order.")
     up, up_o = ours.get("iperf_up_retrans"), theirs.get("iperf_up_retrans")
     if up is not None and up_o is not None:
         p("* **Thread per core.** tunneld runs one data-plane thread per core, each with its own listener")
