@@ -30,6 +30,7 @@ use crate::pool::Pool;
 use crate::reload::ReloadState;
 use crate::sessions::{Session, Sessions};
 use crate::table::SessionTable;
+use crate::tunnel::Connected;
 use crate::users::{UserDb, VerifyOutcome};
 
 /// The fixed body of the health page. No version, no counts: probes learn nothing internal.
@@ -139,6 +140,22 @@ async fn handle_connection(
     peer: SocketAddr,
     unauthenticated: UnauthGuard,
 ) {
+    // Two phases awaited one after the other, so that the HTTP phase's state (the handshake, the
+    // request being handled) and the tunnel's share memory in this task: the tunnel's lives as
+    // long as the session.
+    if let Some(conn) = http_phase(&sh, tcp, peer, unauthenticated).await {
+        crate::tunnel::run(sh, conn, peer).await;
+    }
+}
+
+/// The TLS handshake and the HTTP requests up to a CONNECT with a valid cookie; `None` when the
+/// connection ended without one.
+async fn http_phase(
+    sh: &Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    unauthenticated: UnauthGuard,
+) -> Option<Box<Connected>> {
     let cfg = sh.config.load_full();
     let accepted = Instant::now();
     let deadline = tokio::time::Instant::from_std(accepted)
@@ -161,15 +178,15 @@ async fn handle_connection(
                     .inc();
                 tracing::warn!(%peer, error = %e, "client certificate refused at the TLS handshake");
                 sh.bans.record_failure(peer.ip(), &cfg.ban, Instant::now());
-                return;
+                return None;
             }
             tracing::info!(%peer, error = %e, "TLS handshake failed");
-            return;
+            return None;
         }
         Err(_) => {
             sh.metrics.tls_handshake_failures.inc();
             tracing::info!(%peer, "TLS handshake timed out");
-            return;
+            return None;
         }
     };
     let limits = Limits {
@@ -182,29 +199,34 @@ async fn handle_connection(
         match http::parse_request(&buf, &limits) {
             Ok(Some((req, used))) => {
                 buf.advance(used);
-                let next = handle_request(&sh, &cfg, &mut tls, &req, peer, &mut failures).await;
+                let next = handle_request(sh, &cfg, &mut tls, &req, peer, &mut failures).await;
                 match next {
                     Ok(Next::Continue) if !req.wants_close() => continue,
                     Ok(Next::Continue) | Ok(Next::Close) => break,
-                    Ok(Next::Tunnel(session, creq)) => {
+                    Ok(Next::Tunnel(session, req)) => {
                         drop(unauthenticated);
-                        crate::tunnel::run(sh, tls, buf, session, creq, peer, accepted).await;
-                        return;
+                        return Some(Box::new(Connected {
+                            tls,
+                            buf,
+                            session,
+                            req,
+                            accepted,
+                        }));
                     }
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "write failed during HTTP phase");
-                        return;
+                        return None;
                     }
                 }
             }
             Ok(None) => {
                 buf.reserve(4096);
                 match timeout_at(deadline, tls.read_buf(&mut buf)).await {
-                    Ok(Ok(0)) => return,
+                    Ok(Ok(0)) => return None,
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "read failed during HTTP phase");
-                        return;
+                        return None;
                     }
                     Err(_) => {
                         sh.metrics
@@ -213,7 +235,7 @@ async fn handle_connection(
                             .inc();
                         tracing::info!(%peer, timeout_secs = cfg.timers.auth_timeout_secs, "no CONNECT before auth timeout; closing");
                         let _ = tls.shutdown().await;
-                        return;
+                        return None;
                     }
                 }
             }
@@ -233,11 +255,12 @@ async fn handle_connection(
                 let _ =
                     write_response(&mut tls, &connect::error_response(code, reason, None)).await;
                 let _ = tls.shutdown().await;
-                return;
+                return None;
             }
         }
     }
     let _ = tls.shutdown().await;
+    None
 }
 
 /// Whether a handshake failed because the client's certificate did not verify (unknown CA,

@@ -77,7 +77,7 @@ fn upstream(
 }
 
 /// Waits for datagrams of the session's DTLS link; never resolves without a link.
-async fn recv_dtls(link: &mut Option<DtlsLink>) -> crate::dtls::Wake {
+async fn recv_dtls(link: &mut Option<Box<DtlsLink>>) -> crate::dtls::Wake {
     match link {
         Some(l) => l.recv().await,
         None => std::future::pending().await,
@@ -108,16 +108,51 @@ async fn send_frame(
     tls.flush().await
 }
 
+/// A connection whose CONNECT named a valid cookie, as the HTTP phase hands it over.
+pub(crate) struct Connected {
+    /// The TLS connection.
+    pub tls: TlsStream<TcpStream>,
+    /// Bytes already read past the CONNECT.
+    pub buf: BytesMut,
+    /// The session the cookie names.
+    pub session: Arc<Session>,
+    /// The CONNECT's headers.
+    pub req: ConnectRequest,
+    /// When the TCP connection was accepted.
+    pub accepted: Instant,
+}
+
 /// Runs the tunnel after a CONNECT with a valid cookie, until the connection ends.
-pub(crate) async fn run(
-    sh: Arc<Shared>,
-    mut tls: TlsStream<TcpStream>,
-    mut buf: BytesMut,
-    session: Arc<Session>,
-    req: ConnectRequest,
-    peer: SocketAddr,
-    accepted: Instant,
-) {
+///
+/// `conn` comes boxed: this future lives as long as the session, and an async fn keeps its
+/// arguments in its state next to the locals they are moved into (the TLS stream alone is
+/// 1.2 KiB); unpacked here, they are kept once.
+pub(crate) async fn run(sh: Arc<Shared>, conn: Box<Connected>, peer: SocketAddr) {
+    // Only three facts of the CONNECT are needed; the request itself ends with this block.
+    let (mut tls, mut buf, session, accepted, base_mtu, dtls_psk, ipv6_capable) = {
+        let Connected {
+            tls,
+            buf,
+            session,
+            req,
+            accepted,
+        } = *conn;
+        let ConnectRequest {
+            base_mtu,
+            dtls_psk,
+            ipv6_capable,
+            ..
+        } = req;
+        (
+            tls,
+            buf,
+            session,
+            accepted,
+            base_mtu,
+            dtls_psk,
+            ipv6_capable,
+        )
+    };
     let cfg = sh.config.load_full();
     let (assigned, conn_id, mut control) = match sh.sessions.attach(&session) {
         Ok(x) => x,
@@ -138,10 +173,10 @@ pub(crate) async fn run(
         }
     };
     let net = &cfg.network;
-    let link_mtu = req.base_mtu.map_or(net.link_mtu, |b| b.min(net.link_mtu));
+    let link_mtu = base_mtu.map_or(net.link_mtu, |b| b.min(net.link_mtu));
     // DTLS when the client offers PSK-NEGOTIATE and it is enabled: the PSK comes from this TLS
     // connection, and the App-ID is registered before the reply announcing it is written (§7.1).
-    let mut dtls = match (&sh.dtls, cfg.dtls.enabled && req.dtls_psk) {
+    let mut dtls = match (&sh.dtls, cfg.dtls.enabled && dtls_psk) {
         (Some(server), true) => {
             match tls
                 .get_ref()
@@ -150,7 +185,7 @@ pub(crate) async fn run(
             {
                 Ok(psk) => {
                     let ip_udp = if peer.is_ipv6() { 48 } else { 28 };
-                    Some(server.register(
+                    Some(Box::new(server.register(
                         session.id,
                         psk,
                         LinkParams {
@@ -161,7 +196,7 @@ pub(crate) async fn run(
                             dpd: Duration::from_secs(u64::from(cfg.timers.dpd_secs)),
                             own_socket: cfg.dtls.socket_per_session,
                         },
-                    ))
+                    )))
                 }
                 Err(e) => {
                     tracing::warn!(session = session.id, %peer, error = %e, "TLS exporter failed; no DTLS");
@@ -174,8 +209,8 @@ pub(crate) async fn run(
     let tunnel_mtu = net
         .mtu
         .min(mtu::mtu_for(link_mtu, peer.is_ipv6(), dtls.is_some()));
-    let ipv6 = assigned.v6.filter(|_| req.ipv6_capable);
-    let resp = ConnectResponse {
+    let ipv6 = assigned.v6.filter(|_| ipv6_capable);
+    let reply = ConnectResponse {
         ipv4: Some((assigned.v4, net.ipv4_pool.netmask())),
         ipv6: ipv6.map(|a| (a, 128)),
         mtu: tunnel_mtu,
@@ -205,7 +240,8 @@ pub(crate) async fn run(
                 .keepalive_secs
                 .min((cfg.dtls.switch_to_tcp_secs / 2).max(1)),
         }),
-    };
+    }
+    .encode();
 
     let (tx, mut rx) = mpsc::channel::<Bytes>(net.queue_len.max(1));
     let route = Arc::new(Route {
@@ -234,7 +270,7 @@ pub(crate) async fn run(
             ),
         }
     }
-    if let Err(e) = tls.write_all(&resp.encode()).await.and(tls.flush().await) {
+    if let Err(e) = tls.write_all(&reply).await.and(tls.flush().await) {
         tracing::info!(session = session.id, %peer, error = %e, "CONNECT reply failed");
         sh.table.remove_if(assigned.index, &route);
         sh.sessions.detach(&session, conn_id);
