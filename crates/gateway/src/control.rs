@@ -608,8 +608,16 @@ mod tests {
             assert_eq!(dir_mode, 0o700);
             assert!(matches!(bind(&path), Err(ControlError::InUse { .. })));
             drop(l);
-            // The file is left behind, as after a crash: the next bind replaces it.
+            // The file is left behind, as after a crash: the next bind replaces it. Other tests
+            // of this binary start processes (the openssl tool), and a child holds a copy of the
+            // listener until its exec closes it: wait until nothing accepts on the socket.
             assert!(path.exists());
+            for _ in 0..200 {
+                if std::os::unix::net::UnixStream::connect(&path).is_err() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
             let _l = bind(&path).unwrap();
         });
         let file = dir.path().join("plain");
