@@ -228,11 +228,7 @@ pub fn login_identity(
     let leaf = peer_certs
         .and_then(<[CertificateDer<'_>]>::first)
         .ok_or(CertLoginRefusal::NoCertificate)?;
-    let (_, cert) =
-        X509Certificate::from_der(leaf.as_ref()).map_err(|e| CertLoginRefusal::NoUsername {
-            field: field_name(field),
-            reason: format!("unparsable certificate: {e}"),
-        })?;
+    let cert = parse(leaf.as_ref(), field)?;
     let user = username_of(&cert, field)?;
     if users.is_locked(&user) {
         return Err(CertLoginRefusal::Locked(user));
@@ -291,7 +287,8 @@ impl std::fmt::Debug for DeviceCert {
     }
 }
 
-fn sha256(data: &[u8]) -> [u8; 32] {
+/// SHA-256 of `data` (also what a session stores of its cookie).
+pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
@@ -361,11 +358,17 @@ fn field_name(field: CertUsername) -> &'static str {
 /// for `email`, the first subjectAltName rfc822Name, else the subject emailAddress). It must be
 /// valid UTF-8 and a storable username (no `:`, no control characters, ...).
 pub fn username(der: &[u8], field: CertUsername) -> Result<String, CertLoginRefusal> {
-    let (_, cert) = X509Certificate::from_der(der).map_err(|e| CertLoginRefusal::NoUsername {
-        field: field_name(field),
-        reason: format!("unparsable certificate: {e}"),
-    })?;
-    username_of(&cert, field)
+    username_of(&parse(der, field)?, field)
+}
+
+/// The certificate `der`, parsed; a certificate that does not parse has no username in `field`.
+fn parse(der: &[u8], field: CertUsername) -> Result<X509Certificate<'_>, CertLoginRefusal> {
+    X509Certificate::from_der(der)
+        .map(|(_, cert)| cert)
+        .map_err(|e| CertLoginRefusal::NoUsername {
+            field: field_name(field),
+            reason: format!("unparsable certificate: {e}"),
+        })
 }
 
 fn username_of(

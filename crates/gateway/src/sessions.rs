@@ -441,10 +441,7 @@ impl Sessions {
 
 /// SHA-256 of a cookie token: the key sessions are stored under (the token itself is never kept).
 fn cookie_digest(token: &str) -> [u8; 32] {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
+    crate::client_cert::sha256(token.as_bytes())
 }
 
 #[cfg(test)]
