@@ -4,7 +4,7 @@
 //! counted; health probes work without a certificate; a certificate session's cookie connects on
 //! its own (as NetworkManager-openconnect uses it), or, with `auth.bind_cookie_to_certificate`,
 //! only with its own certificate; a CRL rotated by reload revokes at once and ends the revoked
-//! device's live sessions, and no one else's.
+//! device's live sessions, and no one else's; a CA removed by reload ends the sessions it issued.
 //!
 //! One topology and one gateway for the whole file: each step below is a separate claim, checked
 //! in order.
@@ -316,6 +316,58 @@ fn device_certificates_log_in_and_foreign_revoked_missing_or_locked_ones_are_ref
         .map(|s| s["user"].clone())
         .collect();
     ensure!(users == ["bob"], "sessions after the revocation: {list}");
+
+    // Changing the CAs by reload. Adding the other CA next to the device CA ends nothing, and a
+    // device of the other CA can now log in.
+    let bundle = topo.dir().join("both-cas.pem");
+    std::fs::write(
+        &bundle,
+        [std::fs::read(&ca.cert)?, std::fs::read(&other.cert)?].concat(),
+    )?;
+    let config = gw
+        .config()
+        .clone()
+        .set("auth.ca_file", bundle.display().to_string());
+    gw.write_config(config)?;
+    let out = gw.tunnelctl(&["reload"])?.check()?;
+    ensure!(!out.stdout.contains("ended:"), "reload: {out}");
+    let foreign = Client::connect(
+        &topo,
+        &gw,
+        ClientOpts::certificate(&foreign_alice.cert, &foreign_alice.key).device("dev2"),
+    )?;
+    foreign.ping(&topo, CORP_ADDR, 2)?;
+    // Removing the device CA ends the session it issued (bob's) with a logged reason; the other
+    // CA's session goes on.
+    let config = gw
+        .config()
+        .clone()
+        .set("auth.ca_file", other.cert.display().to_string());
+    gw.write_config(config)?;
+    let out = gw.tunnelctl(&["reload"])?.check()?;
+    ensure!(
+        out.stdout
+            .contains("1 session(s) whose device certificate no longer chains to auth.ca_file"),
+        "reload: {out}"
+    );
+    gw.wait_metric(
+        "tunneld_sessions_ended_total",
+        &[("reason", "untrusted")],
+        1.0,
+        WAIT,
+    )?;
+    gw.wait_for_log(&["no longer chains to a CA of auth.ca_file", "bob"], WAIT)?;
+    let mut bob_client = bob_client;
+    ensure!(
+        bob_client.wait_exit(Duration::from_secs(15))?.is_some(),
+        "bob's openconnect still runs after his CA was removed"
+    );
+    foreign.ping(&topo, CORP_ADDR, 2)?;
+    let list = gw.tunnelctl_json(&["sessions"])?;
+    ensure!(
+        list.as_array().map(Vec::len) == Some(1) && list[0]["user"] == "alice",
+        "sessions after the CA was removed: {list}"
+    );
     Ok(())
 }
 

@@ -234,7 +234,8 @@ pub fn login_identity(
         return Err(CertLoginRefusal::Locked(user));
     }
     let group = users.group(&user).map(str::to_owned);
-    let device = DeviceCert::new(leaf.as_ref(), &cert);
+    let presented = peer_certs.unwrap_or_default().get(1..).unwrap_or_default();
+    let device = DeviceCert::new(leaf.as_ref(), &cert, presented);
     Ok(CertLogin {
         user,
         group,
@@ -242,26 +243,61 @@ pub fn login_identity(
     })
 }
 
+/// Issuers a session remembers above its device certificate: webpki accepts chains of at most six
+/// intermediates, and a chain that names more than this is cut (its session is then judged by the
+/// CAs it names first).
+const MAX_ISSUERS: usize = 8;
+
 /// What a certificate session keeps of the device certificate it logged in with (not the
 /// certificate: that would cost a kilobyte or more per session): enough to tell a later TLS
-/// connection's certificate apart from it, and to find it in a CRL.
+/// connection's certificate apart from it, to find it in a CRL, and to tell whether the CAs of a
+/// reloaded `auth.ca_file` still cover it.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct DeviceCert {
     /// SHA-256 of the certificate (DER).
     fingerprint: [u8; 32],
-    /// SHA-256 of its issuer name (DER): a CRL names its issuer with the same bytes.
-    issuer: [u8; 32],
+    /// SHA-256 of the issuer names (DER) up its chain: first the certificate's own issuer (a CRL
+    /// names its issuer with the same bytes), then the issuer of each intermediate the client
+    /// presented for it, in order, up to a self-issued one. The verifier reached a CA of
+    /// `auth.ca_file` by one of these names.
+    issuers: Box<[[u8; 32]]>,
     /// Its serial number: the content octets of the DER INTEGER, as a CRL lists them.
     serial: Box<[u8]>,
 }
 
 impl DeviceCert {
-    fn new(der: &[u8], cert: &X509Certificate<'_>) -> Self {
+    /// The record of the verified leaf `cert` (DER `der`); `presented` are the other certificates
+    /// the client sent with it, in any order. Each step up follows the certificate whose subject
+    /// is the current issuer, as path building does; presented certificates that are not on the
+    /// path (or do not parse) are ignored.
+    fn new(der: &[u8], cert: &X509Certificate<'_>, presented: &[CertificateDer<'_>]) -> Self {
+        let others: Vec<X509Certificate<'_>> = presented
+            .iter()
+            .filter_map(|c| X509Certificate::from_der(c.as_ref()).ok().map(|(_, c)| c))
+            .collect();
+        let mut issuers = vec![sha256(cert.issuer().as_raw())];
+        let mut name = cert.issuer().as_raw();
+        while issuers.len() < MAX_ISSUERS {
+            let Some(up) = others
+                .iter()
+                .find(|c| c.subject().as_raw() == name && c.issuer().as_raw() != name)
+            else {
+                break;
+            };
+            name = up.issuer().as_raw();
+            issuers.push(sha256(name));
+        }
         Self {
             fingerprint: sha256(der),
-            issuer: sha256(cert.issuer().as_raw()),
+            issuers: issuers.into(),
             serial: cert.raw_serial().into(),
         }
+    }
+
+    /// The certificate's own issuer name (SHA-256).
+    fn issuer(&self) -> &[u8; 32] {
+        // `new` always records the leaf's issuer first.
+        self.issuers.first().unwrap_or(&[0; 32])
     }
 
     /// True when `der` is this very certificate.
@@ -331,7 +367,7 @@ impl Revoked {
     /// True when a CRL lists `device`.
     pub fn contains(&self, device: &DeviceCert) -> bool {
         self.0
-            .get(&device.issuer)
+            .get(device.issuer())
             .is_some_and(|serials| serials.contains(&*device.serial))
     }
 
@@ -343,6 +379,44 @@ impl Revoked {
     /// True when the CRLs list none.
     pub fn is_empty(&self) -> bool {
         self.0.values().all(HashSet::is_empty)
+    }
+}
+
+/// The CAs of `auth.ca_file`, by subject name: a reload ends the certificate sessions whose chain
+/// names none of them any more (the operator removed the CA that issued them).
+#[derive(Debug, Default)]
+pub struct Anchors(HashSet<[u8; 32]>);
+
+impl Anchors {
+    /// Reads `auth.ca_file`: `None` in password mode (no CA applies, and certificate sessions that
+    /// logged in before a switch to passwords are left alone).
+    pub fn load(auth: &AuthConfig) -> Result<Option<Self>, ClientCaError> {
+        if auth.method != AuthMethod::Certificate {
+            return Ok(None);
+        }
+        let path = auth.ca_file.clone().unwrap_or_default();
+        let pem = read("auth.ca_file", &path)?;
+        let mut names = HashSet::new();
+        for (i, der) in rustls_pemfile::certs(&mut pem.as_slice()).enumerate() {
+            let bad = |reason: String| ClientCaError::BadCa {
+                path: path.clone(),
+                index: i + 1,
+                reason,
+            };
+            let der = der.map_err(|e| bad(e.to_string()))?;
+            let (_, ca) =
+                X509Certificate::from_der(der.as_ref()).map_err(|e| bad(e.to_string()))?;
+            names.insert(sha256(ca.subject().as_raw()));
+        }
+        if names.is_empty() {
+            return Err(ClientCaError::NoCa { path });
+        }
+        Ok(Some(Self(names)))
+    }
+
+    /// True when `device`'s chain, as presented at its login, names one of these CAs.
+    pub fn cover(&self, device: &DeviceCert) -> bool {
+        device.issuers.iter().any(|name| self.0.contains(name))
     }
 }
 
@@ -667,6 +741,103 @@ mod tests {
         assert!(Revoked::load(&auth).unwrap().contains(&alice));
         auth.method = AuthMethod::Password;
         assert!(Revoked::load(&auth).unwrap().is_empty());
+    }
+
+    /// A certificate named `subject` as issued by `issuer` (names only: nothing here checks the
+    /// signatures, the TLS verifier did).
+    fn issued(subject: &str, issuer: &str) -> CertificateDer<'static> {
+        let key = PKey::from_ec_key(
+            EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap(),
+        )
+        .unwrap();
+        let name = |cn: &str| {
+            let mut n = X509NameBuilder::new().unwrap();
+            n.append_entry_by_nid(Nid::COMMONNAME, cn).unwrap();
+            n.build()
+        };
+        let mut b = X509::builder().unwrap();
+        b.set_version(2).unwrap();
+        b.set_subject_name(&name(subject)).unwrap();
+        b.set_issuer_name(&name(issuer)).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
+        b.sign(&key, MessageDigest::sha256()).unwrap();
+        CertificateDer::from(b.build().to_der().unwrap())
+    }
+
+    #[test]
+    fn a_ca_file_covers_the_sessions_whose_chain_names_one_of_its_cas() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = UserDb::parse("").unwrap();
+        let device = |chain: &[CertificateDer<'static>]| {
+            login_identity(Some(chain), CertUsername::Cn, &users)
+                .unwrap()
+                .device
+        };
+        let anchors = |cas: &[&str]| {
+            let path = dir.path().join("cas.pem");
+            let pem: Vec<u8> = cas
+                .iter()
+                .flat_map(|cn| {
+                    X509::from_der(issued(cn, cn).as_ref())
+                        .unwrap()
+                        .to_pem()
+                        .unwrap()
+                })
+                .collect();
+            fs::write(&path, pem).unwrap();
+            let auth = AuthConfig {
+                method: AuthMethod::Certificate,
+                ca_file: Some(path),
+                ..Default::default()
+            };
+            Anchors::load(&auth).unwrap().unwrap()
+        };
+        // leaf <- Issuing <- Root, the device presenting its intermediate (and, some do, the root).
+        let (leaf, issuing, root) = (
+            issued("alice", "Issuing"),
+            issued("Issuing", "Root"),
+            issued("Root", "Root"),
+        );
+        let unrelated = issued("Elsewhere", "Other Root");
+        for chain in [
+            vec![leaf.clone(), issuing.clone()],
+            vec![
+                leaf.clone(),
+                unrelated.clone(),
+                issuing.clone(),
+                root.clone(),
+            ],
+            vec![leaf.clone(), root.clone(), issuing.clone()],
+        ] {
+            let d = device(&chain);
+            assert!(anchors(&["Root"]).cover(&d), "the root covers {d:?}");
+            assert!(anchors(&["Issuing"]).cover(&d), "so does the intermediate");
+            assert!(anchors(&["Someone", "Root"]).cover(&d));
+            assert!(!anchors(&["Someone"]).cover(&d));
+            assert!(
+                !anchors(&["Other Root"]).cover(&d),
+                "a presented certificate off the path counts for nothing"
+            );
+        }
+        // The leaf alone was verified by its issuer itself; the root above it is not known.
+        let alone = device(std::slice::from_ref(&leaf));
+        assert!(anchors(&["Issuing"]).cover(&alone));
+        assert!(!anchors(&["Root"]).cover(&alone));
+        // A loop of cross-signed names ends.
+        let looped = device(&[
+            leaf,
+            issuing,
+            issued("Root", "Issuing"),
+            issued("Issuing", "Root"),
+        ]);
+        assert!(anchors(&["Root"]).cover(&looped));
+        assert!(looped.issuers.len() <= MAX_ISSUERS);
+        // In password mode no CA applies.
+        assert!(Anchors::load(&AuthConfig::default()).unwrap().is_none());
     }
 
     #[test]

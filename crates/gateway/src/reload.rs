@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use tokio_rustls::TlsAcceptor;
 
-use crate::client_cert::{ClientCaError, Revoked};
+use crate::client_cert::{Anchors, ClientCaError, Revoked};
 use crate::config::{Config, ConfigError, FieldError};
 use crate::server::Shared;
 use crate::tls::{self, LoadedCert, TlsError};
@@ -61,6 +61,10 @@ pub struct ReloadReport {
     /// Sessions ended because a CRL now lists their device certificate (ids, in order).
     #[serde(default)]
     pub revoked_sessions: Vec<u64>,
+    /// Sessions ended because `auth.ca_file` no longer holds a CA their device certificate chains
+    /// to (ids, in order).
+    #[serde(default)]
+    pub untrusted_sessions: Vec<u64>,
 }
 
 /// Why a reload was refused. The running configuration is unchanged in every case.
@@ -128,6 +132,7 @@ struct Prepared {
     tls: Arc<rustls::ServerConfig>,
     users: UserDb,
     revoked: Revoked,
+    anchors: Option<Anchors>,
 }
 
 fn prepare(path: Option<&Path>, current: &Config) -> Result<Prepared, ReloadError> {
@@ -139,12 +144,14 @@ fn prepare(path: Option<&Path>, current: &Config) -> Result<Prepared, ReloadErro
     let tls = tls::server_config(&cert, &config.tls, &config.auth)?;
     let users = UserDb::load_for(&config.auth)?;
     let revoked = Revoked::load(&config.auth)?;
+    let anchors = Anchors::load(&config.auth)?;
     Ok(Prepared {
         config,
         cert,
         tls,
         users,
         revoked,
+        anchors,
     })
 }
 
@@ -334,16 +341,19 @@ async fn reload_inner(sh: &Arc<Shared>) -> Result<ReloadReport, ReloadError> {
     sh.tls.store(Arc::new(TlsAcceptor::from(prepared.tls)));
     sh.config.store(Arc::new(prepared.config));
     sh.reload.cert.store(Arc::new(cert.clone()));
-    // New connections are checked against the new CRLs from here on; sessions that logged in
-    // with a certificate they now list end (a reconnect with that certificate fails its handshake,
-    // and their cookies work with no other certificate).
-    let revoked_sessions = sh.sessions.end_revoked(&prepared.revoked);
+    // New connections are checked against the new CAs and CRLs from here on; sessions that logged
+    // in with a certificate they would now refuse end (a reconnect with that certificate fails its
+    // handshake, and their cookies work with no other certificate).
+    let (revoked_sessions, untrusted_sessions) = sh
+        .sessions
+        .end_distrusted(&prepared.revoked, prepared.anchors.as_ref());
     Ok(ReloadReport {
         config_file: path,
         changed,
         certificate: cert,
         users,
         revoked_sessions,
+        untrusted_sessions,
     })
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use dashmap::DashMap;
 use tokio::sync::mpsc;
 
-use crate::client_cert::{DeviceCert, Revoked};
+use crate::client_cert::{Anchors, DeviceCert, Revoked};
 use crate::metrics::Metrics;
 use crate::pool::{Lease, Pool, PoolError};
 use crate::table::{SessionStats, SessionTable};
@@ -39,6 +39,8 @@ pub enum EndReason {
     CookieExpired,
     /// A reload found the session's device certificate in a CRL.
     Revoked,
+    /// A reload removed every CA the session's device certificate chained to.
+    Untrusted,
 }
 
 impl EndReason {
@@ -53,6 +55,7 @@ impl EndReason {
             Self::SessionTimeout => "session_timeout",
             Self::CookieExpired => "cookie_expired",
             Self::Revoked => "revoked",
+            Self::Untrusted => "untrusted",
         }
     }
 }
@@ -397,28 +400,42 @@ impl Sessions {
         }
     }
 
-    /// Ends every session whose device certificate `revoked` lists (after a reload); returns
-    /// their ids, in order.
-    pub fn end_revoked(&self, revoked: &Revoked) -> Vec<u64> {
-        if revoked.is_empty() {
-            return Vec::new();
-        }
-        let mut ended = Vec::new();
+    /// After a reload: ends every certificate session whose device certificate `revoked` lists
+    /// (reason `revoked`) or whose chain names none of `anchors` (reason `untrusted`; `None`:
+    /// no CA applies, in password mode). Returns the ids of each kind, in order.
+    pub fn end_distrusted(
+        &self,
+        revoked: &Revoked,
+        anchors: Option<&Anchors>,
+    ) -> (Vec<u64>, Vec<u64>) {
+        let (mut gone, mut untrusted) = (Vec::new(), Vec::new());
         for s in self.all() {
-            let Some(device) = s.device.as_deref().filter(|d| revoked.contains(d)) else {
+            let Some(device) = s.device.as_deref() else {
                 continue;
             };
-            tracing::warn!(
-                session = s.id,
-                user = %s.user,
-                serial = %device.serial_hex(),
-                "ending the session: its device certificate is revoked"
-            );
-            self.end(&s, EndReason::Revoked);
-            ended.push(s.id);
+            if revoked.contains(device) {
+                tracing::warn!(
+                    session = s.id,
+                    user = %s.user,
+                    serial = %device.serial_hex(),
+                    "ending the session: its device certificate is revoked"
+                );
+                self.end(&s, EndReason::Revoked);
+                gone.push(s.id);
+            } else if anchors.is_some_and(|a| !a.cover(device)) {
+                tracing::warn!(
+                    session = s.id,
+                    user = %s.user,
+                    serial = %device.serial_hex(),
+                    "ending the session: its device certificate no longer chains to a CA of auth.ca_file"
+                );
+                self.end(&s, EndReason::Untrusted);
+                untrusted.push(s.id);
+            }
         }
-        ended.sort_unstable();
-        ended
+        gone.sort_unstable();
+        untrusted.sort_unstable();
+        (gone, untrusted)
     }
 
     /// Ends every session (drain): each live client gets a DISCONNECT.

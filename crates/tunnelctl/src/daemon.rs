@@ -357,16 +357,26 @@ pub(crate) fn reload(socket: &Path) -> Result<()> {
         r.certificate.subject, r.certificate.not_after, r.certificate.pin
     );
     println!("users:       {}", r.users);
-    if !r.revoked_sessions.is_empty() {
-        println!(
-            "ended:       {} session(s) whose device certificate is now revoked: {}",
-            r.revoked_sessions.len(),
-            r.revoked_sessions
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+    for (ids, why) in [
+        (
+            &r.revoked_sessions,
+            "whose device certificate is now revoked",
+        ),
+        (
+            &r.untrusted_sessions,
+            "whose device certificate no longer chains to auth.ca_file",
+        ),
+    ] {
+        if !ids.is_empty() {
+            println!(
+                "ended:       {} session(s) {why}: {}",
+                ids.len(),
+                ids.iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
     }
     println!("(live sessions keep their settings; new sessions get the new ones)");
     Ok(())
