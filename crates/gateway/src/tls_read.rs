@@ -8,10 +8,11 @@
 //! is left in it between calls, so an idle session costs no more memory than before.
 
 use std::cell::RefCell;
-use std::io::{self, BufRead as _};
+use std::io::{self, BufRead as _, Read as _};
 
 use bytes::BytesMut;
 use rustls::ServerConnection;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 /// Bytes one `recv` may take from the socket.
@@ -62,6 +63,31 @@ pub(crate) fn take_buffered(conn: &mut ServerConnection, plain: &mut BytesMut) -
     })
 }
 
+/// One `recv` into `scratch`. A read that leaves room in `scratch` emptied the socket's queue, so
+/// it also clears the socket's readiness: the task then waits for the next readiness event instead
+/// of calling `recv` again only to get `EAGAIN` (and, while packets keep trickling in, instead of
+/// chasing them a few at a time: with `server.rx_coalesce_usecs` they are taken in one batch after
+/// the thread's nap). Data that arrives after the `recv` raises a new edge-triggered event, so
+/// nothing is missed.
+fn recv_draining(tcp: &TcpStream, scratch: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    let room = scratch.len();
+    let read = tcp.try_io(Interest::READABLE, || {
+        got = (&*socket2::SockRef::from(tcp)).read(scratch)?;
+        if got > 0 && got < room {
+            // Not an error: tells tokio to clear the readiness it saw before this recv.
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(())
+        }
+    });
+    match read {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        Err(e) => Err(e),
+        Ok(()) => Ok(got),
+    }
+}
+
 /// Reads what the socket has, with one `recv`, and decrypts all of it into `plain`.
 ///
 /// # Errors
@@ -74,7 +100,7 @@ pub(crate) fn read_available(
     plain: &mut BytesMut,
 ) -> io::Result<Read> {
     SCRATCH.with_borrow_mut(|scratch| {
-        let got = tcp.try_read(scratch)?;
+        let got = recv_draining(tcp, scratch)?;
         let mut rest = scratch.get(..got).unwrap_or_default();
         if got == 0 {
             // EOF: rustls tells a clean close (close_notify seen) from a truncation.
@@ -197,6 +223,37 @@ mod tests {
                 r => return (plain, r),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_short_read_waits_for_new_data_instead_of_reading_again() {
+        let (stcp, mut s, mut ctcp, mut c) = pair().await;
+        let mut plain = BytesMut::new();
+        for (i, word) in [&b"first"[..], b"second", b"third"].into_iter().enumerate() {
+            c.writer().write_all(word).unwrap();
+            send(&mut c, &mut ctcp).await;
+            let read = loop {
+                tokio::time::timeout(std::time::Duration::from_secs(10), stcp.readable())
+                    .await
+                    .expect("new data makes the socket readable")
+                    .unwrap();
+                match read_available(&stcp, &mut s, &mut plain) {
+                    // Readiness left from the handshake, or the record still on its way.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    r => break r.unwrap(),
+                }
+            };
+            assert_eq!(read.bytes, word.len(), "record {i}");
+            // The read left room in the buffer: the queue is empty and readiness is cleared, so
+            // the task waits for the next data rather than calling recv again for EAGAIN.
+            assert!(
+                tokio::time::timeout(std::time::Duration::from_millis(50), stcp.readable())
+                    .await
+                    .is_err(),
+                "the socket still looks readable after record {i} was read"
+            );
+        }
+        assert_eq!(&plain[..], b"firstsecondthird");
     }
 
     #[tokio::test]
