@@ -1,5 +1,6 @@
 //! Traffic through the tunnel between a device and the corporate host: ping (IPv4 and IPv6) and
-//! 50 MiB TCP transfers in both directions whose bytes are verified by SHA-256 on arrival.
+//! 50 MiB TCP transfers in both directions whose bytes are verified by SHA-256 on arrival (the
+//! upload with the data-plane thread coalescing openconnect's packets).
 
 use anyhow::{ensure, Result};
 use e2e::transfer::{download, random_file, upload};
@@ -96,6 +97,14 @@ fn fifty_mib_upload_through_the_tunnel_arrives_intact() -> Result<()> {
     );
     let bytes_up = gw.metric("tunneld_bytes_total", &[("direction", "up")])?;
     ensure!(bytes_up >= BULK as f64, "bytes up counted {bytes_up}");
+    // openconnect sends one packet at a time: the data-plane thread coalesced them (default
+    // server.rx_coalesce_usecs), and the bytes above arrived intact through its naps.
+    let naps = gw.metric("tunneld_rx_coalesce_naps_total", &[])?;
+    eprintln!("receive-coalescing naps during the upload: {naps}");
+    ensure!(
+        naps > 0.0,
+        "no receive-coalescing nap during a 50 MiB upload"
+    );
     Ok(())
 }
 

@@ -5,6 +5,7 @@ pub mod admin;
 mod atomic_file;
 pub mod ban;
 pub mod client_cert;
+pub mod coalesce;
 pub mod config;
 pub mod control;
 pub mod daemon;

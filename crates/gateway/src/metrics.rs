@@ -190,6 +190,9 @@ pub struct Metrics {
     /// Times a session's address was steered to another thread's TUN queue (a reconnect on
     /// another thread than the address's stripe, or back).
     pub steering_updates: IntCounter,
+    /// Times a data-plane thread slept before parking to take arriving packets in one batch
+    /// (`server.rx_coalesce_usecs`, see [`crate::coalesce`]).
+    pub rx_coalesce_naps: IntCounter,
 }
 
 impl Metrics {
@@ -387,6 +390,15 @@ impl Metrics {
         registry
             .register(Box::new(steering_updates.clone()))
             .expect("unique metric name");
+        let rx_coalesce_naps = IntCounter::new(
+            "tunneld_rx_coalesce_naps_total",
+            "Times a data-plane thread under sustained traffic slept server.rx_coalesce_usecs \
+             before waiting for more, to handle what arrived meanwhile in one batch.",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(rx_coalesce_naps.clone()))
+            .expect("unique metric name");
         let drop_handles = DropReason::ALL.map(|r| drops.with_label_values(&[r.as_str()]));
         let up_packets = packets.with_label_values(&["up"]);
         let down_packets = packets.with_label_values(&["down"]);
@@ -427,6 +439,7 @@ impl Metrics {
             down_bytes,
             downstream_handoffs,
             steering_updates,
+            rx_coalesce_naps,
         }
     }
 

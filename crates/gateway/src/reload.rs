@@ -183,6 +183,11 @@ fn restart_only(old: &Config, new: &Config, live_sessions: usize) -> Vec<FieldEr
         "the data-plane threads' file tables are set up at start",
     );
     restart(
+        "server.rx_coalesce_usecs",
+        old.server.rx_coalesce_usecs != new.server.rx_coalesce_usecs,
+        "the data-plane threads' runtimes are built at start",
+    );
+    restart(
         "metrics.listen",
         old.metrics.listen != new.metrics.listen,
         "the metrics socket is bound at start",

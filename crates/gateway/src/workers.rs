@@ -181,10 +181,17 @@ pub fn start(
     };
     // Every runtime first, in the shared table (see the module doc).
     let mut runtimes = Vec::with_capacity(n);
+    // Receive coalescing (see crate::coalesce): fixed for the threads' lifetime.
+    let nap =
+        std::time::Duration::from_micros(u64::from(shared.config.load().server.rx_coalesce_usecs));
     for thread in 0..n {
+        let (before_park, after_unpark) =
+            crate::coalesce::hooks(nap, shared.metrics.rx_coalesce_naps.clone());
         runtimes.push(
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .on_thread_park(before_park)
+                .on_thread_unpark(after_unpark)
                 .build()
                 .map_err(|source| WorkerError::Runtime { thread, source })?,
         );
