@@ -496,23 +496,28 @@ mod tests {
     use openssl::nid::Nid;
     use openssl::pkey::PKey;
     use openssl::x509::extension::SubjectAlternativeName;
-    use openssl::x509::X509NameBuilder;
     use openssl::x509::X509;
+    use openssl::x509::{X509NameBuilder, X509NameRef};
 
     fn cert(subject: &[(Nid, &str)], san_email: Option<&str>) -> Vec<u8> {
-        let key = PKey::from_ec_key(
-            EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap(),
-        )
-        .unwrap();
         let mut name = X509NameBuilder::new().unwrap();
         for (nid, v) in subject {
             name.append_entry_by_nid(*nid, v).unwrap();
         }
         let name = name.build();
+        build(&name, &name, san_email)
+    }
+
+    /// A certificate of a fresh key, signed by that key, whatever names it carries.
+    fn build(subject: &X509NameRef, issuer: &X509NameRef, san_email: Option<&str>) -> Vec<u8> {
+        let key = PKey::from_ec_key(
+            EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap(),
+        )
+        .unwrap();
         let mut b = X509::builder().unwrap();
         b.set_version(2).unwrap();
-        b.set_subject_name(&name).unwrap();
-        b.set_issuer_name(&name).unwrap();
+        b.set_subject_name(subject).unwrap();
+        b.set_issuer_name(issuer).unwrap();
         b.set_pubkey(&key).unwrap();
         b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
             .unwrap();
@@ -746,26 +751,12 @@ mod tests {
     /// A certificate named `subject` as issued by `issuer` (names only: nothing here checks the
     /// signatures, the TLS verifier did).
     fn issued(subject: &str, issuer: &str) -> CertificateDer<'static> {
-        let key = PKey::from_ec_key(
-            EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap(),
-        )
-        .unwrap();
         let name = |cn: &str| {
             let mut n = X509NameBuilder::new().unwrap();
             n.append_entry_by_nid(Nid::COMMONNAME, cn).unwrap();
             n.build()
         };
-        let mut b = X509::builder().unwrap();
-        b.set_version(2).unwrap();
-        b.set_subject_name(&name(subject)).unwrap();
-        b.set_issuer_name(&name(issuer)).unwrap();
-        b.set_pubkey(&key).unwrap();
-        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-            .unwrap();
-        b.set_not_after(&Asn1Time::days_from_now(1).unwrap())
-            .unwrap();
-        b.sign(&key, MessageDigest::sha256()).unwrap();
-        CertificateDer::from(b.build().to_der().unwrap())
+        CertificateDer::from(build(&name(subject), &name(issuer), None))
     }
 
     #[test]

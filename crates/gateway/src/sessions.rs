@@ -413,25 +413,29 @@ impl Sessions {
             let Some(device) = s.device.as_deref() else {
                 continue;
             };
-            if revoked.contains(device) {
-                tracing::warn!(
-                    session = s.id,
-                    user = %s.user,
-                    serial = %device.serial_hex(),
-                    "ending the session: its device certificate is revoked"
-                );
-                self.end(&s, EndReason::Revoked);
-                gone.push(s.id);
+            let (reason, why, ids) = if revoked.contains(device) {
+                (
+                    EndReason::Revoked,
+                    "its device certificate is revoked",
+                    &mut gone,
+                )
             } else if anchors.is_some_and(|a| !a.cover(device)) {
-                tracing::warn!(
-                    session = s.id,
-                    user = %s.user,
-                    serial = %device.serial_hex(),
-                    "ending the session: its device certificate no longer chains to a CA of auth.ca_file"
-                );
-                self.end(&s, EndReason::Untrusted);
-                untrusted.push(s.id);
-            }
+                (
+                    EndReason::Untrusted,
+                    "its device certificate no longer chains to a CA of auth.ca_file",
+                    &mut untrusted,
+                )
+            } else {
+                continue;
+            };
+            tracing::warn!(
+                session = s.id,
+                user = %s.user,
+                serial = %device.serial_hex(),
+                "ending the session: {why}"
+            );
+            self.end(&s, reason);
+            ids.push(s.id);
         }
         gone.sort_unstable();
         untrusted.sort_unstable();
