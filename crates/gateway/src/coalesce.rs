@@ -37,9 +37,9 @@ const STREAK: u32 = 2;
 /// The decision of one thread: nap before parking, or not.
 #[derive(Debug, Clone)]
 pub struct Moderation {
+    /// How long to nap; also the longest idle gap (parked to woken) and pass (woken to parking)
+    /// that count as short.
     nap: Duration,
-    /// An idle gap (parked to woken) shorter than this continues a streak.
-    short_gap: Duration,
     parked_at: Option<Instant>,
     woke_at: Option<Instant>,
     streak: u32,
@@ -51,7 +51,6 @@ impl Moderation {
     pub fn new(nap: Duration) -> Self {
         Self {
             nap,
-            short_gap: nap,
             parked_at: None,
             woke_at: None,
             streak: 0,
@@ -62,7 +61,7 @@ impl Moderation {
     pub fn woke(&mut self, now: Instant) {
         self.woke_at = Some(now);
         if let Some(parked) = self.parked_at.take() {
-            if now.saturating_duration_since(parked) < self.short_gap {
+            if now.saturating_duration_since(parked) < self.nap {
                 self.streak = self.streak.saturating_add(1);
             } else {
                 self.streak = 0;
