@@ -1,6 +1,7 @@
 //! Traffic through the tunnel between a device and the corporate host: ping (IPv4 and IPv6) and
 //! 50 MiB TCP transfers in both directions whose bytes are verified by SHA-256 on arrival (the
-//! upload with the data-plane thread coalescing openconnect's packets).
+//! upload with the data-plane thread coalescing openconnect's packets, and without when
+//! `server.rx_coalesce_usecs = 0`).
 
 use anyhow::{ensure, Result};
 use e2e::transfer::{download, random_file, upload};
@@ -75,9 +76,40 @@ fn fifty_mib_download_through_the_tunnel_arrives_intact() -> Result<()> {
 #[test]
 fn fifty_mib_upload_through_the_tunnel_arrives_intact() -> Result<()> {
     let (topo, gw, client) = connected()?;
-    let (file, sha) = random_file(&topo, "bulk-up.bin", BULK)?;
-    let got = upload(
+    upload_checked(&topo, &gw, &client)?;
+    // openconnect sends one packet at a time: the data-plane thread coalesced them (default
+    // server.rx_coalesce_usecs), and the bytes above arrived intact through its naps.
+    let naps = gw.metric("tunneld_rx_coalesce_naps_total", &[])?;
+    eprintln!("receive-coalescing naps during the upload: {naps}");
+    ensure!(
+        naps > 0.0,
+        "no receive-coalescing nap during a 50 MiB upload"
+    );
+    Ok(())
+}
+
+#[test]
+fn with_receive_coalescing_off_an_upload_takes_no_nap() -> Result<()> {
+    let topo = Topology::standard()?;
+    let gw = Gateway::start(
         &topo,
+        GatewayConfig::new()
+            .user(USER, PASSWORD)
+            .set("server.rx_coalesce_usecs", 0),
+    )?;
+    let client = Client::connect(&topo, &gw, ClientOpts::password(USER, PASSWORD))?;
+    upload_checked(&topo, &gw, &client)?;
+    let naps = gw.metric("tunneld_rx_coalesce_naps_total", &[])?;
+    ensure!(naps == 0.0, "{naps} naps with server.rx_coalesce_usecs = 0");
+    Ok(())
+}
+
+/// Uploads 50 MiB from the client's device to the corp host and checks that every byte arrived
+/// and was counted.
+fn upload_checked(topo: &Topology, gw: &Gateway, client: &Client) -> Result<()> {
+    let (file, sha) = random_file(topo, "bulk-up.bin", BULK)?;
+    let got = upload(
+        topo,
         "corp",
         client.device(),
         &format!("{CORP_ADDR}:5002"),
@@ -97,14 +129,6 @@ fn fifty_mib_upload_through_the_tunnel_arrives_intact() -> Result<()> {
     );
     let bytes_up = gw.metric("tunneld_bytes_total", &[("direction", "up")])?;
     ensure!(bytes_up >= BULK as f64, "bytes up counted {bytes_up}");
-    // openconnect sends one packet at a time: the data-plane thread coalesced them (default
-    // server.rx_coalesce_usecs), and the bytes above arrived intact through its naps.
-    let naps = gw.metric("tunneld_rx_coalesce_naps_total", &[])?;
-    eprintln!("receive-coalescing naps during the upload: {naps}");
-    ensure!(
-        naps > 0.0,
-        "no receive-coalescing nap during a 50 MiB upload"
-    );
     Ok(())
 }
 
