@@ -92,8 +92,16 @@ fn disconnect_ends_a_listed_session_and_its_cookie_gets_401() -> Result<()> {
     );
     ensure!(
         status["threads"].as_u64() == Some(std::thread::available_parallelism()?.get() as u64)
-            && status["tun_steering"] == "address",
+            && status["tun_steering"] == "address"
+            && status["rx_coalesce_usecs"] == 100
+            && status["rx_coalesce_naps"].is_u64(),
         "status: {status}"
+    );
+    let text = gw.tunnelctl(&["status"])?.check()?.stdout;
+    ensure!(
+        text.contains("steering by destination address")
+            && text.contains("coalescing:  100 µs naps under sustained traffic"),
+        "tunnelctl status: {text}"
     );
 
     // Disconnect by user: a proper DISCONNECT, openconnect exits and says so.

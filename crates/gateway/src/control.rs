@@ -118,6 +118,12 @@ pub struct StatusInfo {
     /// How downstream packets find their session's thread: `address` (the steering program reads
     /// the destination) or `flow` (the TUN driver's flow table; the program could not be loaded).
     pub tun_steering: String,
+    /// `server.rx_coalesce_usecs` of the running threads (0: off).
+    #[serde(default)]
+    pub rx_coalesce_usecs: u32,
+    /// Naps the data-plane threads took to coalesce arriving packets (see [`crate::coalesce`]).
+    #[serde(default)]
+    pub rx_coalesce_naps: u64,
     /// True when `/readyz` answers 200.
     pub ready: bool,
     /// Why it is not ready (empty when ready).
@@ -404,6 +410,8 @@ fn status(sh: &Shared) -> StatusInfo {
             "flow"
         }
         .to_owned(),
+        rx_coalesce_usecs: cfg.server.rx_coalesce_usecs,
+        rx_coalesce_naps: sh.metrics.rx_coalesce_naps.get(),
         ready: readiness.is_ok(),
         not_ready: readiness.err().unwrap_or_default(),
         draining: sh.is_draining(),

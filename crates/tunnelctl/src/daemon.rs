@@ -180,6 +180,14 @@ pub(crate) fn status(socket: &Path, json: bool) -> Result<()> {
             "flow table (no steering program)"
         }
     );
+    if s.rx_coalesce_usecs == 0 {
+        println!("coalescing:  off");
+    } else {
+        println!(
+            "coalescing:  {} µs naps under sustained traffic, {} taken",
+            s.rx_coalesce_usecs, s.rx_coalesce_naps
+        );
+    }
     println!("sessions:    {} ({} connected)", s.sessions, s.connected);
     println!(
         "pool:        {pool}: {} of {} addresses in use",
