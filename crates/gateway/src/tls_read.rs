@@ -68,7 +68,8 @@ pub(crate) fn take_buffered(conn: &mut ServerConnection, plain: &mut BytesMut) -
 /// of calling `recv` again only to get `EAGAIN` (and, while packets keep trickling in, instead of
 /// chasing them a few at a time: with `server.rx_coalesce_usecs` they are taken in one batch after
 /// the thread's nap). Data that arrives after the `recv` raises a new edge-triggered event, so
-/// nothing is missed.
+/// nothing is missed, and tokio never clears a read-closed state, so an EOF that came with the
+/// last data is still seen.
 fn recv_draining(tcp: &TcpStream, scratch: &mut [u8]) -> io::Result<usize> {
     let mut got = 0;
     let room = scratch.len();
