@@ -16,7 +16,7 @@
 //! cores.
 //!
 //! What does not nap: a thread that waited long for its last wake-up (interactive traffic, pings:
-//! a request and its reply are one short gap, never a streak); a thread whose passes are long
+//! a request and its reply are one or two short gaps, never a streak); a thread whose passes are long
 //! (many sessions at once: its batches are already large, and a nap would only add latency to a
 //! closed loop); a thread that never runs out of work (it never parks). What a nap costs: under
 //! sustained light-work traffic, a packet waits up to the nap (plus the kernel's timer slack)
@@ -30,9 +30,12 @@ use std::time::{Duration, Instant};
 
 use prometheus::IntCounter;
 
-/// How many short idle gaps in a row make a thread nap before parking: two, so that a request and
-/// its reply (one short gap) never cause one.
-const STREAK: u32 = 2;
+/// How many short idle gaps in a row make a thread nap before parking: three. A ping over TLS
+/// wakes the thread twice (its request, then its reply from the TUN: one short gap); over DTLS a
+/// third time, when the reply's datagram leaves the socket (the kernel reports a UDP socket
+/// writable again after each send, and tokio registers every socket for that too): two short
+/// gaps. Neither may nap.
+const STREAK: u32 = 3;
 
 /// The decision of one thread: nap before parking, or not.
 #[derive(Debug, Clone)]
@@ -151,22 +154,26 @@ mod tests {
             "a fresh thread parks at once"
         );
         m.parked(t0);
-        // Pings 10 ms apart: each request after a long wait, its reply 25 µs after that. One
-        // short gap at a time: no nap.
+        // Pings 10 ms apart: each request after a long wait, its reply 25 µs after that, and (over
+        // DTLS) a wake-up when the reply's datagram has left. Two short gaps at most: no nap.
         let mut t = t0;
         for _ in 0..3 {
             let (nap, p) = pass(&mut m, t, us(10_000), us(10));
             assert_eq!(nap, None, "a request");
             let (nap, p) = pass(&mut m, p, us(25), us(10));
             assert_eq!(nap, None, "its reply");
+            let (nap, p) = pass(&mut m, p, us(5), us(2));
+            assert_eq!(nap, None, "the reply's datagram sent");
             t = p;
         }
         // A bulk flow starts after a long wait: a packet 10 µs after each park, 5 µs of work. The
-        // second short gap in a row naps, and naps go on while the gaps and passes stay short.
-        let (_, p) = pass(&mut m, t, us(10_000), us(5));
-        let (nap, p) = pass(&mut m, p, us(10), us(5));
-        assert_eq!(nap, None, "one short gap so far");
-        let mut t = p;
+        // third short gap in a row naps, and naps go on while the gaps and passes stay short.
+        let (_, mut t) = pass(&mut m, t, us(10_000), us(5));
+        for i in 0..2 {
+            let (nap, p) = pass(&mut m, t, us(10), us(5));
+            assert_eq!(nap, None, "{} short gap(s) so far", i + 1);
+            t = p;
+        }
         for i in 0..5 {
             let (nap, p) = pass(&mut m, t, us(10), us(5));
             assert_eq!(nap, Some(NAP), "pass {i} of the flow");
@@ -200,8 +207,8 @@ mod tests {
         let nap = Duration::from_millis(50);
         let naps = IntCounter::new("naps", "naps").unwrap();
         let (before_park, after_unpark) = hooks(nap, naps.clone());
-        // Parked and woken at once, twice: a streak. The third park naps for real.
-        for _ in 0..2 {
+        // Parked and woken at once, three times: a streak. The fourth park naps for real.
+        for _ in 0..3 {
             before_park();
             after_unpark();
         }
