@@ -90,6 +90,24 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// The certificates of `auth.ca_file` (PEM), at least one.
+fn read_cas(auth: &AuthConfig) -> Result<(PathBuf, Vec<CertificateDer<'static>>), ClientCaError> {
+    // Validation guarantees ca_file in certificate mode; an empty path fails to read below.
+    let path = auth.ca_file.clone().unwrap_or_default();
+    let pem = read("auth.ca_file", &path)?;
+    let cas: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| ClientCaError::BadCa {
+            path: path.clone(),
+            index: 1,
+            reason: e.to_string(),
+        })?;
+    if cas.is_empty() {
+        return Err(ClientCaError::NoCa { path });
+    }
+    Ok((path, cas))
+}
+
 /// The CRLs of one file: every PEM `X509 CRL` block, or the whole file as DER.
 fn read_crls(
     field: &str,
@@ -121,19 +139,7 @@ pub fn verifier(auth: &AuthConfig) -> Result<Option<Arc<dyn ClientCertVerifier>>
     if auth.method != AuthMethod::Certificate {
         return Ok(None);
     }
-    // Validation guarantees ca_file in certificate mode; an empty path fails to read below.
-    let ca_path = auth.ca_file.clone().unwrap_or_default();
-    let pem = read("auth.ca_file", &ca_path)?;
-    let cas: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<_, _>>()
-        .map_err(|e| ClientCaError::BadCa {
-            path: ca_path.clone(),
-            index: 1,
-            reason: e.to_string(),
-        })?;
-    if cas.is_empty() {
-        return Err(ClientCaError::NoCa { path: ca_path });
-    }
+    let (ca_path, cas) = read_cas(auth)?;
     let mut roots = RootCertStore::empty();
     for (i, ca) in cas.into_iter().enumerate() {
         roots.add(ca).map_err(|e| ClientCaError::BadCa {
@@ -394,22 +400,16 @@ impl Anchors {
         if auth.method != AuthMethod::Certificate {
             return Ok(None);
         }
-        let path = auth.ca_file.clone().unwrap_or_default();
-        let pem = read("auth.ca_file", &path)?;
+        let (path, cas) = read_cas(auth)?;
         let mut names = HashSet::new();
-        for (i, der) in rustls_pemfile::certs(&mut pem.as_slice()).enumerate() {
-            let bad = |reason: String| ClientCaError::BadCa {
-                path: path.clone(),
-                index: i + 1,
-                reason,
-            };
-            let der = der.map_err(|e| bad(e.to_string()))?;
+        for (i, der) in cas.iter().enumerate() {
             let (_, ca) =
-                X509Certificate::from_der(der.as_ref()).map_err(|e| bad(e.to_string()))?;
+                X509Certificate::from_der(der.as_ref()).map_err(|e| ClientCaError::BadCa {
+                    path: path.clone(),
+                    index: i + 1,
+                    reason: e.to_string(),
+                })?;
             names.insert(sha256(ca.subject().as_raw()));
-        }
-        if names.is_empty() {
-            return Err(ClientCaError::NoCa { path });
         }
         Ok(Some(Self(names)))
     }
