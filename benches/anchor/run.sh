@@ -12,7 +12,8 @@
 #   N_IDLE [1000]     sessions for the connect scenario (setup rate, memory per idle session)
 #   CONC [64]         setups in flight at once
 #   N_TPUT [100]      sessions pushing in the throughput scenario; TPUT_SECS [10] its duration
-#   N_STORM [1000]    sessions dropped and brought back at once (cookie reconnect)
+#   N_STORM [1000]    sessions dropped and brought back at once: by cookie reconnect after a TCP
+#                     reset (storm-*.json), and by logout and full login (reauth-*.json)
 #   SCALE ["1000 10000 19900"]  tunneld-only connect runs for memory per session at larger N
 #   SCALE_MT ["64000"]  tunneld-only connect runs with 4 data-plane threads with private file tables
 #   SKIP_COMPARE [0]  1: skip the side-by-side part (add scale runs to an existing OUT)
@@ -437,6 +438,8 @@ if [ "$SKIP_COMPARE" != 1 ]; then
                 fi
             fi
             bench "$server" "storm-$rep" storm -n "$N_STORM" -c "$CONC" --mode cookie
+            # The same sessions logged out and logged in again from scratch (password check).
+            bench "$server" "reauth-$rep" storm -n "$N_STORM" -c "$CONC" --mode reauth
             stop_server
         done
     done
