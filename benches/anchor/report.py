@@ -10,6 +10,7 @@ import json
 import os
 import statistics
 import sys
+import tomllib
 
 
 def load(path):
@@ -298,6 +299,23 @@ def main():
     if best:
         p(f"Largest N held with every session up: **{best['sessions']:,}** "
           f"({'default single file table' if not best['_threads'] else str(best['_threads']) + ' threads with private file tables'}).")
+        p()
+    timers = {}
+    conf = os.path.join(out, "tunneld.toml")
+    if os.path.exists(conf):
+        with open(conf, "rb") as f:
+            timers = tomllib.load(f).get("timers", {})
+    for r in scale:
+        a = r.get("action") or {}
+        if r.get("scenario") != "hold" or not a:
+            continue
+        r["_keepalive"], r["_dpd"] = timers.get("keepalive_secs"), timers.get("dpd_secs")
+        lost = sum((a.get("lost_sessions") or {}).values())
+        p(f"Idle devices: the {get(r, 'connect', 'up'):,} sessions were then held {fmt(a.get('wall_s'), 0)} s with no traffic but the")
+        p(f"keepalives and DPD the server asks for (every {fmt(r.get('_keepalive'), 0)} s and {fmt(r.get('_dpd'), 0)} s): {lost:,} lost,")
+        p(f"{a.get('keepalives', 0):,} keepalives sent and {a.get('dpd_answered', 0):,} of {a.get('dpd_sent', 0):,} DPD requests answered. tunneld used")
+        p(f"{fmt(get(r, 'server', 'action_cores'), 3)} cores on average meanwhile, and its PSS went from")
+        p(f"{fmt(get(r, 'server', 'after_connect', 'pss_kib') / 1024, 0)} to {fmt(get(r, 'server', 'after_action', 'pss_kib') / 1024, 0)} MiB.")
         p()
     p("One TCP session is one open file in the server. This machine caps every process at 20,000")
     p("open files and the cap cannot be raised, so the default tunneld (one file table, as on a real")

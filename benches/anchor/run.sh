@@ -16,6 +16,8 @@
 #                     reset (storm-*.json), and by logout and full login (reauth-*.json)
 #   SCALE ["1000 10000 19900"]  tunneld-only connect runs for memory per session at larger N
 #   SCALE_MT ["64000"]  tunneld-only connect runs with 4 data-plane threads with private file tables
+#   HOLD_SECS [90]    then those sessions are held this long with only keepalives and DPD (the
+#                     hold scenario, no probes): whether all stay up, and the server's idle CPU
 #   SKIP_COMPARE [0]  1: skip the side-by-side part (add scale runs to an existing OUT)
 #   IPERF_SECS [10]   openconnect + iperf3 duration per direction
 #   OUT [target/anchor/<time>]  where the JSON results and logs go
@@ -57,6 +59,7 @@ N_STORM="${N_STORM:-1000}"
 SCALE="${SCALE-1000 10000 19900}"
 SCALE_MT="${SCALE_MT-64000}"
 SKIP_COMPARE="${SKIP_COMPARE:-0}"
+HOLD_SECS="${HOLD_SECS:-90}"
 IPERF_SECS="${IPERF_SECS:-10}"
 OUT="${OUT:-$ROOT/target/anchor/$(date -u +%Y%m%dT%H%M%SZ)}"
 WRITE_DOCS="${WRITE_DOCS:-1}"
@@ -415,7 +418,7 @@ else
     echo "kernel: $(uname -r)"
     echo "ocserv: $(ocserv --version 2>&1 | head -1)"
     echo "openconnect: $(openconnect --version 2>&1 | head -1)"
-    echo "params: USERS=$USERS REPS=$REPS N_IDLE=$N_IDLE CONC=$CONC N_TPUT=$N_TPUT TPUT_SECS=$TPUT_SECS N_STORM=$N_STORM SCALE=\"$SCALE\" SCALE_MT=\"$SCALE_MT\" IPERF_SECS=$IPERF_SECS DTLS_TPUT=$DTLS_TPUT UDP_TPUT=$UDP_TPUT CERT_LOGINS=$CERT_LOGINS CERT_N=$CERT_N DEVICE_KEY=$DEVICE_KEY"
+    echo "params: USERS=$USERS REPS=$REPS N_IDLE=$N_IDLE CONC=$CONC N_TPUT=$N_TPUT TPUT_SECS=$TPUT_SECS N_STORM=$N_STORM SCALE=\"$SCALE\" SCALE_MT=\"$SCALE_MT\" HOLD_SECS=$HOLD_SECS IPERF_SECS=$IPERF_SECS DTLS_TPUT=$DTLS_TPUT UDP_TPUT=$UDP_TPUT CERT_LOGINS=$CERT_LOGINS CERT_N=$CERT_N DEVICE_KEY=$DEVICE_KEY"
 } > "$OUT/machine.txt"
 fi
 
@@ -486,7 +489,9 @@ done
 for n in $SCALE_MT; do
     write_tunneld_config 4
     start_server tunneld
-    bench tunneld "mtscale-$n" connect -n "$n" -c "$CONC" --per-process 8000 --setup-timeout 60
+    # Then held with no traffic but the keepalives and DPD the server asks for: what idle devices cost.
+    bench tunneld "mtscale-$n" hold -n "$n" -c "$CONC" --per-process 8000 --setup-timeout 60 \
+        --duration "$HOLD_SECS" --trickle-ms 0
     stop_server
     write_tunneld_config 0
 done
