@@ -498,14 +498,16 @@ done
 
 if [ "$PERF" = 1 ] && command -v perf >/dev/null; then
     # System-wide, so the blocking-pool threads that verify passwords (started after any attach)
-    # are sampled too; the report keeps tunneld's threads (comm tokio-rt-worker) only.
+    # are sampled too; the report keeps tunneld's process (every thread of it: the data-plane
+    # threads make the TLS handshakes, the blocking pool checks the passwords).
     start_server tunneld
     perf record -F 999 -a -o "$OUT/perf.data" -- sleep 8 >/dev/null 2>&1 &
     perf_pid=$!
     bench tunneld "perf" connect -n $((4 * N_IDLE)) -c "$CONC" --per-process 8000 >/dev/null
     wait "$perf_pid" || true
+    perf_server="$SERVER_PID"
     stop_server
-    perf report -i "$OUT/perf.data" --no-children --sort comm,dso,symbol --comm tokio-rt-worker --stdio 2>/dev/null |
+    perf report -i "$OUT/perf.data" --no-children --sort comm,dso,symbol --pid "$perf_server" --stdio 2>/dev/null |
         grep -E '^ +[0-9]' | awk '{s=$1; sub("%","",s); t+=s;
             if ($0 ~ /sha2::sha512|sha_crypt|digest::/) h+=s;
             else if ($0 ~ /aws_lc|curve25519|ring_core|fiat|x25519|nistz|fe4_|fe_loose/) c+=s;
