@@ -1,6 +1,7 @@
 //! Brute-force protection: ten wrong passwords from one address ban it (its next connection is
 //! refused before TLS) while other addresses are unaffected, and the ban expires; the cap on
-//! concurrent unauthenticated connections per source; manual bans with `tunnelctl ban`.
+//! concurrent unauthenticated connections per source; manual bans with `tunnelctl ban`; bans kept
+//! across restarts.
 
 use std::time::Duration;
 
@@ -199,6 +200,82 @@ fn unauthenticated_connections_are_capped_per_source_and_manual_bans_apply() -> 
     ensure!(
         gw.metric("tunneld_bans_total", &[("origin", "manual")])? == 1.0,
         "manual bans_total"
+    );
+    Ok(())
+}
+
+#[test]
+fn bans_outlive_a_restart_even_a_crash() -> Result<()> {
+    const DEV3: &str = "198.18.1.4";
+    let topo = Topology::new()
+        .device("dev")
+        .device("dev2")
+        .device("dev3")
+        .gateway()
+        .build()?;
+    let mut first = Gateway::start(&topo, GatewayConfig::new())?;
+    let state = first.dir().join("state");
+    first.tunnelctl(&["ban", "add", DEV2])?.check()?;
+    first
+        .tunnelctl(&["ban", "add", DEV3, "--secs", "600"])?
+        .check()?;
+    // Killed without a chance to clean up: `ban add` saved the ban before it answered.
+    first.signal("KILL")?;
+    first.wait_exit(WAIT)?;
+    ensure!(
+        state.join("bans.json").is_file(),
+        "no bans.json in {}",
+        state.display()
+    );
+
+    let same_state = || GatewayConfig::new().set("server.state_dir", state.display().to_string());
+    let mut second = Gateway::start(&topo, same_state())?;
+    second.wait_for_log(&["bans restored", "bans=2"], WAIT)?;
+    let manual = ban_entry(&second, DEV2)?.context("dev2's ban was forgotten")?;
+    ensure!(
+        manual["banned"] == true
+            && manual["manual"] == true
+            && manual["ban_remaining_secs"].is_null(),
+        "{manual}"
+    );
+    let timed = ban_entry(&second, DEV3)?.context("dev3's ban was forgotten")?;
+    let left = timed["ban_remaining_secs"]
+        .as_u64()
+        .context("no time left")?;
+    ensure!(
+        timed["banned"] == true && (500..=600).contains(&left),
+        "{timed}"
+    );
+    ensure!(
+        second.metric("tunneld_bans_active", &[])? == 2.0,
+        "bans_active gauge"
+    );
+    ensure!(
+        !tls_handshake(&topo, &second, "dev2")?,
+        "dev2 served after the restart"
+    );
+    ensure!(
+        !tls_handshake(&topo, &second, "dev3")?,
+        "dev3 served after the restart"
+    );
+    ensure!(tls_handshake(&topo, &second, "dev")?, "dev refused");
+
+    // Lifting a ban is kept as well, through an orderly stop this time.
+    second.tunnelctl(&["ban", "remove", DEV2])?.check()?;
+    second.signal("TERM")?;
+    second.wait_exit(Duration::from_secs(30))?;
+    let third = Gateway::start(&topo, same_state())?;
+    ensure!(
+        ban_entry(&third, DEV2)?.is_none(),
+        "dev2's lifted ban came back"
+    );
+    ensure!(
+        tls_handshake(&topo, &third, "dev2")?,
+        "dev2 refused after its ban was lifted and the daemon restarted"
+    );
+    ensure!(
+        !tls_handshake(&topo, &third, "dev3")?,
+        "dev3's ban ended early"
     );
     Ok(())
 }

@@ -6,12 +6,17 @@
 //! the gateway one `accept` and one `close`. An IPv6 source counts per /64 (one host usually holds a
 //! whole /64); an IPv4-mapped IPv6 address counts as its IPv4 address.
 //!
-//! Bans live in memory: a restart forgets them.
+//! Bans outlive a restart: the daemon keeps them in [`BANS_FILE`] in `server.state_dir`, rewritten
+//! (atomically) when a ban starts, ends or is lifted, and reads the ones still running at start-up.
+//! Scores and unauthenticated counts are not kept: they are minutes old at most.
 
 use std::collections::HashMap;
+use std::io;
 use std::net::{IpAddr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -83,12 +88,42 @@ impl Entry {
     }
 }
 
+/// File name of the saved bans in `server.state_dir`.
+pub const BANS_FILE: &str = "bans.json";
+
+/// The saved form: wall-clock ends, since an `Instant` means nothing to the next process.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SavedBans {
+    bans: Vec<SavedBan>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedBan {
+    address: IpAddr,
+    /// Seconds since the Unix epoch when the ban ends; `None`: until removed.
+    until_unix_secs: Option<u64>,
+    manual: bool,
+}
+
+/// Where the bans are saved, and whether they changed since.
+#[derive(Debug)]
+struct Store {
+    path: PathBuf,
+    /// Set by every change to a ban, cleared by the write that saves it.
+    dirty: AtomicBool,
+    /// One writer at a time (the temporary file's name is per process).
+    writing: Mutex<()>,
+    /// The last write failed: warn once per run of failures, not every second.
+    failing: AtomicBool,
+}
+
 /// The per-source table. One short mutex-held update per accepted connection and per failed login,
 /// never per packet.
 #[derive(Debug)]
 pub struct Bans {
     entries: Mutex<HashMap<IpAddr, Entry>>,
     metrics: Metrics,
+    store: Option<Store>,
 }
 
 /// The source key: IPv4 as is, IPv4-mapped IPv6 as IPv4, other IPv6 truncated to its /64.
@@ -122,12 +157,142 @@ impl Drop for UnauthGuard {
 }
 
 impl Bans {
-    /// An empty table.
+    /// An empty table that lives in memory only.
     pub fn new(metrics: Metrics) -> Arc<Self> {
         Arc::new(Self {
             entries: Mutex::new(HashMap::new()),
             metrics,
+            store: None,
         })
+    }
+
+    /// A table saved to `path`, starting with the bans saved there that have not ended. A missing
+    /// file is an empty table; an unreadable one is logged and replaced at the next change.
+    pub fn persistent(metrics: Metrics, path: PathBuf) -> Arc<Self> {
+        let bans = Self {
+            entries: Mutex::new(HashMap::new()),
+            metrics,
+            store: Some(Store {
+                path,
+                dirty: AtomicBool::new(false),
+                writing: Mutex::new(()),
+                failing: AtomicBool::new(false),
+            }),
+        };
+        if let Some(store) = &bans.store {
+            match bans.restore(&store.path, SystemTime::now(), Instant::now()) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(bans = n, file = %store.path.display(), "bans restored")
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(
+                    file = %store.path.display(),
+                    error = %e,
+                    "saved bans not read; starting with none"
+                ),
+            }
+        }
+        Arc::new(bans)
+    }
+
+    /// Adds the bans saved in `path` that are still running at `wall` (= `now`).
+    fn restore(&self, path: &Path, wall: SystemTime, now: Instant) -> io::Result<usize> {
+        let text = std::fs::read(path)?;
+        let saved: SavedBans = serde_json::from_slice(&text)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let wall_secs = unix_secs(wall);
+        let mut map = self.lock();
+        let mut n = 0;
+        for b in saved.bans {
+            let ban = match b.until_unix_secs {
+                None => None,
+                Some(until) if until > wall_secs => {
+                    Some(now + Duration::from_secs(until - wall_secs))
+                }
+                Some(_) => continue,
+            };
+            let e = map.entry(source_key(b.address)).or_default();
+            e.ban = Some(ban);
+            e.manual = b.manual;
+            n += 1;
+        }
+        let active = count_banned(&map, now);
+        drop(map);
+        self.metrics.bans_active.set(active);
+        Ok(n)
+    }
+
+    /// The running bans at `wall` (= `now`), in address order.
+    fn snapshot(&self, wall: SystemTime, now: Instant) -> SavedBans {
+        let wall_secs = unix_secs(wall);
+        let map = self.lock();
+        let mut bans: Vec<SavedBan> = map
+            .iter()
+            .filter(|(_, e)| e.banned_at(now))
+            .map(|(addr, e)| SavedBan {
+                address: *addr,
+                // Rounded up, so a restored ban never ends early.
+                until_unix_secs: e.ban.flatten().map(|until| {
+                    let left = until.saturating_duration_since(now);
+                    wall_secs + left.as_secs() + u64::from(left.subsec_nanos() > 0)
+                }),
+                manual: e.manual,
+            })
+            .collect();
+        drop(map);
+        bans.sort_by_key(|b| b.address);
+        SavedBans { bans }
+    }
+
+    fn changed(&self) {
+        if let Some(s) = &self.store {
+            s.dirty.store(true, Ordering::Release);
+        }
+    }
+
+    /// True when a ban changed since the last [`Self::save`].
+    pub fn unsaved(&self) -> bool {
+        self.store
+            .as_ref()
+            .is_some_and(|s| s.dirty.load(Ordering::Acquire))
+    }
+
+    /// Writes the running bans to the file if they changed since the last write (blocking: a
+    /// small file, replaced atomically and synced). Returns whether it wrote. A failed write is
+    /// retried by the next call.
+    pub fn save(&self) -> io::Result<bool> {
+        let Some(store) = &self.store else {
+            return Ok(false);
+        };
+        let _one = store.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        if !store.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(false);
+        }
+        let saved = self.snapshot(SystemTime::now(), Instant::now());
+        let result = serde_json::to_vec_pretty(&saved)
+            .map_err(io::Error::other)
+            .and_then(|json| {
+                if let Some(dir) = store.path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                crate::atomic_file::write_atomically(&store.path, &json, 0o600, None)
+            });
+        match result {
+            Ok(()) => {
+                if store.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(file = %store.path.display(), "bans saved again");
+                }
+                Ok(true)
+            }
+            Err(e) => {
+                store.dirty.store(true, Ordering::Release);
+                if !store.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(file = %store.path.display(), error = %e, "cannot save the bans: a restart would forget changes since the last save; retrying");
+                }
+                Err(e)
+            }
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, Entry>> {
@@ -206,6 +371,7 @@ impl Bans {
         e.score = 0;
         let active = count_banned(&map, now);
         drop(map);
+        self.changed();
         self.metrics.bans.with_label_values(&["automatic"]).inc();
         self.metrics.bans_active.set(active);
         tracing::warn!(address = %key, score, ban_secs = secs, "source address banned after repeated login failures");
@@ -222,6 +388,7 @@ impl Bans {
         e.score = 0;
         let active = count_banned(&map, now);
         drop(map);
+        self.changed();
         self.metrics.bans.with_label_values(&["manual"]).inc();
         self.metrics.bans_active.set(active);
         tracing::warn!(address = %key, secs = duration.map(|d| d.as_secs()), "source address banned by the operator");
@@ -236,6 +403,9 @@ impl Bans {
             return false;
         };
         let had = e.ban.is_some() || e.score > 0;
+        if e.ban.is_some() {
+            self.changed();
+        }
         e.ban = None;
         e.manual = false;
         e.score = 0;
@@ -284,6 +454,7 @@ impl Bans {
     /// the `bans_active` gauge. Called once a second.
     pub fn sweep(&self, policy: &BanConfig, now: Instant) {
         let reset = Duration::from_secs(u64::from(policy.score_reset_secs));
+        let mut expired = false;
         let mut map = self.lock();
         map.retain(|addr, e| {
             if let Some(Some(until)) = e.ban {
@@ -291,6 +462,7 @@ impl Bans {
                     tracing::info!(address = %addr, "ban expired");
                     e.ban = None;
                     e.manual = false;
+                    expired = true;
                 }
             }
             if e.score_at(now, reset) == 0 {
@@ -301,8 +473,15 @@ impl Bans {
         });
         let active = count_banned(&map, now);
         drop(map);
+        if expired {
+            self.changed();
+        }
         self.metrics.bans_active.set(active);
     }
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn count_banned(map: &HashMap<IpAddr, Entry>, now: Instant) -> i64 {
@@ -422,6 +601,114 @@ mod tests {
                 .get(),
             1
         );
+    }
+
+    fn listed(bans: &Bans, now: Instant) -> Vec<(IpAddr, bool, Option<u64>)> {
+        bans.list(&policy(), now)
+            .into_iter()
+            .filter(|e| e.banned)
+            .map(|e| (e.address, e.manual, e.ban_remaining_secs))
+            .collect()
+    }
+
+    #[test]
+    fn bans_are_saved_and_restored_by_the_next_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state").join(BANS_FILE);
+        let first = Bans::persistent(Metrics::new(), path.clone());
+        assert!(
+            !first.unsaved() && !first.save().unwrap(),
+            "nothing to save yet"
+        );
+        let now = Instant::now();
+        first.ban(ip("192.0.2.1"), None, now);
+        first.ban(ip("2001:db8:1:2::5"), Some(Duration::from_secs(600)), now);
+        for _ in 0..10 {
+            first.record_failure(ip("192.0.2.3"), &policy(), now);
+        }
+        // A score alone is not saved.
+        first.record_failure(ip("192.0.2.4"), &policy(), now);
+        assert!(first.unsaved());
+        assert!(first.save().unwrap());
+        assert!(
+            !first.save().unwrap(),
+            "unchanged bans are not written again"
+        );
+
+        let second = Bans::persistent(Metrics::new(), path.clone());
+        let now = Instant::now();
+        assert_eq!(second.metrics.bans_active.get(), 3);
+        let got = listed(&second, now);
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[0], (ip("192.0.2.1"), true, None));
+        assert_eq!((got[1].0, got[1].1), (ip("192.0.2.3"), false));
+        assert!(matches!(got[1].2, Some(59..=61)), "{got:?}");
+        assert_eq!((got[2].0, got[2].1), (ip("2001:db8:1:2::"), true));
+        assert!(matches!(got[2].2, Some(599..=601)), "{got:?}");
+        assert!(!second.unsaved(), "restoring is not a change");
+
+        // Lifting a ban is saved too.
+        assert!(second.unban(ip("192.0.2.1"), now));
+        assert!(second.save().unwrap());
+        let third = Bans::persistent(Metrics::new(), path);
+        assert!(!third.is_banned(ip("192.0.2.1"), Instant::now()));
+        assert!(third.is_banned(ip("192.0.2.3"), Instant::now()));
+    }
+
+    #[test]
+    fn bans_that_ended_while_stopped_are_not_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(BANS_FILE);
+        let first = Bans::persistent(Metrics::new(), path.clone());
+        let now = Instant::now();
+        first.ban(ip("192.0.2.1"), Some(Duration::from_secs(60)), now);
+        first.ban(ip("192.0.2.2"), Some(Duration::from_secs(600)), now);
+        first.save().unwrap();
+
+        let second = Bans::new(Metrics::new());
+        let later = SystemTime::now() + Duration::from_secs(120);
+        let now = Instant::now();
+        assert_eq!(second.restore(&path, later, now).unwrap(), 1);
+        let got = listed(&second, now);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, ip("192.0.2.2"));
+        assert!(matches!(got[0].2, Some(479..=481)), "{got:?}");
+    }
+
+    #[test]
+    fn an_unreadable_file_starts_empty_and_is_replaced_at_the_next_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(BANS_FILE);
+        std::fs::write(&path, b"{ not json").unwrap();
+        let bans = Bans::persistent(Metrics::new(), path.clone());
+        assert!(listed(&bans, Instant::now()).is_empty());
+        bans.ban(ip("192.0.2.9"), None, Instant::now());
+        assert!(bans.save().unwrap());
+        let again = Bans::persistent(Metrics::new(), path);
+        assert!(again.is_banned(ip("192.0.2.9"), Instant::now()));
+    }
+
+    #[test]
+    fn an_expired_ban_is_a_change_to_save_and_a_failed_save_is_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        // The state directory's parent is a file: every write fails.
+        let blocker = dir.path().join("file");
+        std::fs::write(&blocker, b"").unwrap();
+        let bans = Bans::persistent(Metrics::new(), blocker.join(BANS_FILE));
+        let now = Instant::now();
+        bans.ban(ip("192.0.2.1"), Some(Duration::from_secs(1)), now);
+        assert!(bans.save().is_err());
+        assert!(bans.unsaved(), "a failed save stays pending");
+
+        let path = dir.path().join(BANS_FILE);
+        let bans = Bans::persistent(Metrics::new(), path);
+        bans.ban(ip("192.0.2.1"), Some(Duration::from_secs(1)), now);
+        assert!(bans.save().unwrap());
+        bans.sweep(&policy(), now + Duration::from_secs(2));
+        assert!(bans.unsaved(), "the end of a ban is saved");
+        assert!(bans.save().unwrap());
+        let text = std::fs::read_to_string(dir.path().join(BANS_FILE)).unwrap();
+        assert!(!text.contains("192.0.2.1"), "{text}");
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub struct ServerConfig {
     /// Address and TCP port the TLS listener binds. Default `0.0.0.0:443`.
     pub listen: SocketAddr,
     /// Directory for state the daemon creates itself (the self-signed certificate when none is
-    /// configured). Default `/var/lib/tunneld`.
+    /// configured, the saved bans). Default `/var/lib/tunneld`.
     pub state_dir: PathBuf,
     /// HTTP path answered with the health page (for load balancers). Must start with `/` and must
     /// not collide with the paths the VPN protocol uses (`/`, `/auth`, `/CSCOSSLC/...`,

@@ -365,6 +365,8 @@ async fn dispatch(sh: &Arc<Shared>, req: Request) -> Reply {
                 secs.filter(|s| *s > 0).map(Duration::from_secs),
                 now,
             );
+            // Saved before the reply: a ban the operator was told about survives a crash.
+            crate::daemon::save_bans(sh).await;
             let key = crate::ban::source_key(address);
             let entry = sh
                 .bans
@@ -375,6 +377,7 @@ async fn dispatch(sh: &Arc<Shared>, req: Request) -> Reply {
         }
         Request::BanRemove { address } => {
             if sh.bans.unban(address, now) {
+                crate::daemon::save_bans(sh).await;
                 ok_reply(&())
             } else {
                 error_reply(format!("{address} is not banned and has no failure score"))

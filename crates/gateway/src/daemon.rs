@@ -209,7 +209,10 @@ impl Gateway {
             started: Instant::now(),
             pin: cert.pin_sha256.clone(),
             dtls: dtls.as_ref().map(|(server, _)| Arc::clone(server)),
-            bans: Bans::new(metrics.clone()),
+            bans: Bans::persistent(
+                metrics.clone(),
+                config.server.state_dir.join(crate::ban::BANS_FILE),
+            ),
             health: Health::new(Some(tun.clone())),
             reload: ReloadState::new(config_path, CertInfo::from(&cert)),
             threads: config.server.thread_count(),
@@ -315,6 +318,7 @@ impl Gateway {
         );
         self.shared.draining.store(true, Ordering::Relaxed);
         self.shared.sessions.end_all(EndReason::Shutdown);
+        save_bans(&self.shared).await;
         tokio::time::sleep(drain).await;
         for t in &self.tasks {
             t.abort();
@@ -339,5 +343,15 @@ async fn reaper(sh: Arc<Shared>) {
             .then(|| Duration::from_secs(u64::from(cfg.timers.session_timeout_secs)));
         sh.sessions.reap(Instant::now(), cookie, session);
         sh.bans.sweep(&cfg.ban, Instant::now());
+        if sh.bans.unsaved() {
+            save_bans(&sh).await;
+        }
     }
+}
+
+/// Saves the bans off the runtime's threads (a small synced file); a failure is logged by `save`
+/// and retried at the next change or tick.
+pub(crate) async fn save_bans(sh: &Arc<Shared>) {
+    let bans = Arc::clone(&sh.bans);
+    let _ = tokio::task::spawn_blocking(move || bans.save()).await;
 }
