@@ -564,7 +564,7 @@ def main():
         p("  The gap is the wake-up from idle: over DTLS on the machine of this run (by hand, 1,000")
         p("  pings, two alternating pairs per rate), one ping every 2 ms averaged 0.074-0.089 ms")
         p("  through tunneld against 0.076-0.099 ms through ocserv, and used 40-50 µs of tunneld's")
-        p("  CPU per ping; one every 10 ms averaged 0.32-0.35 against 0.24-0.25 ms, and CPU per")
+        p("  CPU per ping (ocserv about 20); one every 10 ms averaged 0.32-0.35 against 0.24-0.25 ms, and CPU per")
         p("  ping rose to 160-180 µs for tunneld and about 100 µs for ocserv (all its processes).")
     moved = theirs.get("storm_moved")
     if moved:
