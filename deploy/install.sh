@@ -400,13 +400,25 @@ tunnelctl_readiness() {
   while IFS= read -r line; do printf '         %s\n' "$line"; done <<<"$out"
   # Its listen checks fail while tunneld itself holds the ports (a re-run of this script).
   fails="$(grep -E '^FAIL' <<<"$out" || true)"
+  # Forwarding and the UDP buffer caps are what this script's sysctl drop-in sets (and applies
+  # when it starts the service): a fresh host fails them before the install, not after it.
+  local by_dropin
+  by_dropin="$(grep -E '^FAIL +(ip_forward|udp_buffers) ' <<<"$fails" | awk '{print $2}' | paste -sd, - || true)"
+  if [ -n "$by_dropin" ]; then
+    fails="$(grep -vE '^FAIL +(ip_forward|udp_buffers) ' <<<"$fails" || true)"
+    if [ "$start" = 1 ]; then
+      check sysctl OK "$by_dropin: set by /etc/sysctl.d/90-tunneld.conf, which this install writes and applies"
+    else
+      check sysctl WARN "$by_dropin: set by /etc/sysctl.d/90-tunneld.conf, which this install writes; --no-start applies it only at boot (or: sysctl -p /etc/sysctl.d/90-tunneld.conf)"
+    fi
+  fi
   if [ "$start" = 1 ] && [ "$(systemctl is-active tunneld.service 2>/dev/null)" = active ]; then
     fails="$(grep -vE '^FAIL +listen\.' <<<"$fails" || true)"
   fi
   if [ -n "$fails" ]; then
     check "tunnelctl readiness" FAIL "$(grep -c . <<<"$fails") check(s) failed (above)"
   elif grep -qE '[0-9]+ passed' <<<"$out"; then
-    check "tunnelctl readiness" OK "$(grep -E '[0-9]+ passed' <<<"$out" | tail -n 1)"
+    check "tunnelctl readiness" OK "$(grep -E '[0-9]+ passed' <<<"$out" | tail -n 1)${by_dropin:+ ($by_dropin: see sysctl)}"
   else
     check "tunnelctl readiness" FAIL "$tunnelctl readiness gave no result: $out"
   fi

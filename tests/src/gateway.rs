@@ -326,8 +326,6 @@ impl Gateway {
         if config.get_str("server.state_dir").is_none() {
             config = config.set("server.state_dir", state_dir.display().to_string());
         }
-        // A test may point the daemon at another's state (a restart): the certificate is there.
-        let state_dir = PathBuf::from(config.get_str("server.state_dir").unwrap_or_default());
         if config.get_str("auth.users_file").is_none() {
             config = config.set("auth.users_file", users_path.display().to_string());
         }

@@ -228,7 +228,13 @@ fn bans_outlive_a_restart_even_a_crash() -> Result<()> {
         state.display()
     );
 
-    let same_state = || GatewayConfig::new().set("server.state_dir", state.display().to_string());
+    // The same state directory, hence the same self-signed certificate.
+    let cert = state.join("selfsigned-cert.pem");
+    let same_state = || {
+        GatewayConfig::new()
+            .set("server.state_dir", state.display().to_string())
+            .pin_certificate(&cert)
+    };
     let mut second = Gateway::start(&topo, same_state())?;
     second.wait_for_log(&["bans restored", "bans=2"], WAIT)?;
     let manual = ban_entry(&second, DEV2)?.context("dev2's ban was forgotten")?;

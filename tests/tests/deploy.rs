@@ -81,8 +81,24 @@ fn install_in_a_scratch_root_then_uninstall_leaves_it_as_it_was() -> Result<()> 
     let r = root.path().display().to_string();
     let before = tree(root.path())?;
 
-    let out = install(&["--root", &r, "--no-start", "--engine", "docker"], None)?.check()?;
+    // In a fresh namespace forwarding is off, as on a fresh host: the drop-in this script installs
+    // sets it, so that is no reason to refuse.
+    let topo = Topology::new().device("dev").gateway().build()?;
+    let dev = topo.ns("dev")?.to_string();
+    let forwarding = topo.exec_in("dev", &["sysctl", "-n", "net.ipv4.ip_forward"])?;
+    ensure!(forwarding.stdout.trim() == "0", "{forwarding}");
+    let out = install(
+        &["--root", &r, "--no-start", "--engine", "docker"],
+        Some(&dev),
+    )?
+    .check()?;
     eprintln!("{}", out.stdout);
+    ensure!(
+        out.stdout.contains("[warn] sysctl: ip_forward")
+            && out.stdout.contains("--no-start applies it only at boot"),
+        "the drop-in's settings were not reported as such:\n{}",
+        out.stdout
+    );
     let installed = tree(root.path())?;
     for want in [
         "etc/tunneld/tunneld.toml",

@@ -270,7 +270,7 @@ impl Bans {
             return Ok(false);
         }
         let saved = self.snapshot(SystemTime::now(), Instant::now());
-        let result = serde_json::to_vec_pretty(&saved)
+        let result = serde_json::to_vec(&saved)
             .map_err(io::Error::other)
             .and_then(|json| {
                 if let Some(dir) = store.path.parent() {
