@@ -92,7 +92,7 @@ impl Entry {
 pub const BANS_FILE: &str = "bans.json";
 
 /// The saved form: wall-clock ends, since an `Instant` means nothing to the next process.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct SavedBans {
     bans: Vec<SavedBan>,
 }
@@ -172,28 +172,27 @@ impl Bans {
         let bans = Self {
             entries: Mutex::new(HashMap::new()),
             metrics,
+            store: None,
+        };
+        match bans.restore(&path, SystemTime::now(), Instant::now()) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(bans = n, file = %path.display(), "bans restored"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(
+                file = %path.display(),
+                error = %e,
+                "saved bans not read; starting with none"
+            ),
+        }
+        Arc::new(Self {
             store: Some(Store {
                 path,
                 dirty: AtomicBool::new(false),
                 writing: Mutex::new(()),
                 failing: AtomicBool::new(false),
             }),
-        };
-        if let Some(store) = &bans.store {
-            match bans.restore(&store.path, SystemTime::now(), Instant::now()) {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!(bans = n, file = %store.path.display(), "bans restored")
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!(
-                    file = %store.path.display(),
-                    error = %e,
-                    "saved bans not read; starting with none"
-                ),
-            }
-        }
-        Arc::new(bans)
+            ..bans
+        })
     }
 
     /// Adds the bans saved in `path` that are still running at `wall` (= `now`).
