@@ -91,6 +91,11 @@ impl Entry {
 /// File name of the saved bans in `server.state_dir`.
 pub const BANS_FILE: &str = "bans.json";
 
+/// At most this many bans are saved (about 600 KB): the operator's first, then the automatic
+/// ones that end last. An attack from many addresses bans each of them in memory, but does not
+/// make every save of the file as large as the attack.
+pub const MAX_SAVED_BANS: usize = 10_000;
+
 /// The saved form: wall-clock ends, since an `Instant` means nothing to the next process.
 #[derive(Debug, Serialize, Deserialize)]
 struct SavedBans {
@@ -240,6 +245,13 @@ impl Bans {
             })
             .collect();
         drop(map);
+        if bans.len() > MAX_SAVED_BANS {
+            // Manual first, then the latest end (until removed counts as the latest).
+            bans.sort_by_key(|b| {
+                std::cmp::Reverse((b.manual, b.until_unix_secs.unwrap_or(u64::MAX)))
+            });
+            bans.truncate(MAX_SAVED_BANS);
+        }
         bans.sort_by_key(|b| b.address);
         SavedBans { bans }
     }
@@ -652,6 +664,44 @@ mod tests {
         let third = Bans::persistent(Metrics::new(), path);
         assert!(!third.is_banned(ip("192.0.2.1"), Instant::now()));
         assert!(third.is_banned(ip("192.0.2.3"), Instant::now()));
+    }
+
+    #[test]
+    fn an_attack_from_many_addresses_saves_the_manual_and_the_latest_bans_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(BANS_FILE);
+        let bans = Bans::persistent(Metrics::new(), path.clone());
+        let now = Instant::now();
+        bans.ban(ip("192.0.2.1"), None, now);
+        bans.ban(ip("192.0.2.2"), Some(Duration::from_secs(5)), now);
+        for i in 0..MAX_SAVED_BANS {
+            let a = u32::from(std::net::Ipv4Addr::new(10, 0, 0, 0)) + i as u32;
+            // Later ones end later.
+            let secs = 100 + i as u64;
+            bans.ban(IpAddr::V4(a.into()), Some(Duration::from_secs(secs)), now);
+            // As if the failure score had banned it.
+            bans.lock().get_mut(&IpAddr::V4(a.into())).unwrap().manual = false;
+        }
+        assert!(bans.save().unwrap());
+        let again = Bans::persistent(Metrics::new(), path);
+        let now = Instant::now();
+        assert_eq!(again.lock().len(), MAX_SAVED_BANS);
+        assert!(
+            again.is_banned(ip("192.0.2.1"), now),
+            "the operator's ban was dropped"
+        );
+        assert!(
+            again.is_banned(ip("192.0.2.2"), now),
+            "a short manual ban was dropped"
+        );
+        assert!(
+            !again.is_banned(ip("10.0.0.0"), now),
+            "not the earliest automatic end"
+        );
+        assert!(!again.is_banned(ip("10.0.0.1"), now));
+        assert!(again.is_banned(ip("10.0.0.2"), now));
+        let last = u32::from(std::net::Ipv4Addr::new(10, 0, 0, 0)) + MAX_SAVED_BANS as u32 - 1;
+        assert!(again.is_banned(IpAddr::V4(last.into()), now));
     }
 
     #[test]
