@@ -164,21 +164,21 @@ impl Drop for UnauthGuard {
 impl Bans {
     /// An empty table that lives in memory only.
     pub fn new(metrics: Metrics) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new(Self::in_memory(metrics))
+    }
+
+    fn in_memory(metrics: Metrics) -> Self {
+        Self {
             entries: Mutex::new(HashMap::new()),
             metrics,
             store: None,
-        })
+        }
     }
 
     /// A table saved to `path`, starting with the bans saved there that have not ended. A missing
     /// file is an empty table; an unreadable one is logged and replaced at the next change.
     pub fn persistent(metrics: Metrics, path: PathBuf) -> Arc<Self> {
-        let bans = Self {
-            entries: Mutex::new(HashMap::new()),
-            metrics,
-            store: None,
-        };
+        let bans = Self::in_memory(metrics);
         match bans.restore(&path, SystemTime::now(), Instant::now()) {
             Ok(0) => {}
             Ok(n) => tracing::info!(bans = n, file = %path.display(), "bans restored"),
