@@ -96,6 +96,16 @@ pub const BANS_FILE: &str = "bans.json";
 /// make every save of the file as large as the attack.
 pub const MAX_SAVED_BANS: usize = 10_000;
 
+/// At most this many source addresses are tracked (about 10 MB) when a failure would add one.
+/// A failed login costs an attacker little (an unknown cookie costs the gateway one TLS
+/// handshake), and an IPv6 attacker has more /64s than memory has room for; each score lives
+/// `ban.score_reset_secs`. At the cap, the scored sources with the lowest score and oldest failure
+/// are forgotten first (a source near its ban keeps its score), and when only bans and
+/// unauthenticated connections are left, a failure from a new source is not scored
+/// (`tunneld_ban_untracked_failures_total`). Bans, manual or automatic, and the per-source cap on
+/// unauthenticated connections (bounded by the open connections) are never dropped for room.
+pub const MAX_TRACKED_SOURCES: usize = 100_000;
+
 /// The saved form: wall-clock ends, since an `Instant` means nothing to the next process.
 #[derive(Debug, Serialize, Deserialize)]
 struct SavedBans {
@@ -129,6 +139,10 @@ pub struct Bans {
     entries: Mutex<HashMap<IpAddr, Entry>>,
     metrics: Metrics,
     store: Option<Store>,
+    /// [`MAX_TRACKED_SOURCES`], smaller in tests.
+    max_sources: usize,
+    /// A failure went unscored since the table last had room: warn once per episode.
+    full: AtomicBool,
 }
 
 /// The source key: IPv4 as is, IPv4-mapped IPv6 as IPv4, other IPv6 truncated to its /64.
@@ -172,7 +186,17 @@ impl Bans {
             entries: Mutex::new(HashMap::new()),
             metrics,
             store: None,
+            max_sources: MAX_TRACKED_SOURCES,
+            full: AtomicBool::new(false),
         }
+    }
+
+    #[cfg(test)]
+    fn with_max_sources(metrics: Metrics, max_sources: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_sources,
+            ..Self::in_memory(metrics)
+        })
     }
 
     /// A table saved to `path`, starting with the bans saved there that have not ended. A missing
@@ -364,6 +388,18 @@ impl Bans {
         let key = source_key(ip);
         let reset = Duration::from_secs(u64::from(policy.score_reset_secs));
         let mut map = self.lock();
+        if !map.contains_key(&key) && !self.make_room(&mut map, now, reset) {
+            drop(map);
+            self.metrics.ban_untracked_failures.inc();
+            if !self.full.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    address = %key,
+                    tracked = self.max_sources,
+                    "too many source addresses with bans or open logins to score another: failed logins from new addresses are not scored until some end"
+                );
+            }
+            return false;
+        }
         let e = map.entry(key).or_default();
         if e.banned_at(now) {
             return false;
@@ -380,11 +416,10 @@ impl Bans {
         e.manual = false;
         let score = e.score;
         e.score = 0;
-        let active = count_banned(&map, now);
         drop(map);
         self.changed();
         self.metrics.bans.with_label_values(&["automatic"]).inc();
-        self.metrics.bans_active.set(active);
+        self.metrics.bans_active.inc();
         tracing::warn!(address = %key, score, ban_secs = secs, "source address banned after repeated login failures");
         true
     }
@@ -394,14 +429,16 @@ impl Bans {
         let key = source_key(ip);
         let mut map = self.lock();
         let e = map.entry(key).or_default();
+        let was_banned = e.banned_at(now);
         e.ban = Some(duration.map(|d| now + d));
         e.manual = true;
         e.score = 0;
-        let active = count_banned(&map, now);
         drop(map);
         self.changed();
         self.metrics.bans.with_label_values(&["manual"]).inc();
-        self.metrics.bans_active.set(active);
+        if !was_banned {
+            self.metrics.bans_active.inc();
+        }
         tracing::warn!(address = %key, secs = duration.map(|d| d.as_secs()), "source address banned by the operator");
     }
 
@@ -414,6 +451,7 @@ impl Bans {
             return false;
         };
         let had = e.ban.is_some() || e.score > 0;
+        let was_banned = e.banned_at(now);
         if e.ban.is_some() {
             self.changed();
         }
@@ -424,9 +462,10 @@ impl Bans {
         if e.unauthenticated == 0 {
             map.remove(&key);
         }
-        let active = count_banned(&map, now);
         drop(map);
-        self.metrics.bans_active.set(active);
+        if was_banned {
+            self.metrics.bans_active.dec();
+        }
         if had {
             tracing::info!(address = %key, "ban lifted by the operator");
         }
@@ -483,11 +522,45 @@ impl Bans {
             e.ban.is_some() || e.score > 0 || e.unauthenticated > 0
         });
         let active = count_banned(&map, now);
+        let room = map.len() < self.max_sources;
         drop(map);
         if expired {
             self.changed();
         }
+        if room && self.full.swap(false, Ordering::Relaxed) {
+            tracing::info!("failed logins from new source addresses are scored again");
+        }
+        // Exact once a second; the changes in between move it by one.
         self.metrics.bans_active.set(active);
+    }
+
+    /// Before a new source is added: true when the table has room for it, after forgetting, if
+    /// it is full, the scores of a quarter of it (lowest score, then oldest failure first). Only
+    /// entries with a score and nothing else are forgotten.
+    fn make_room(&self, map: &mut HashMap<IpAddr, Entry>, now: Instant, reset: Duration) -> bool {
+        if map.len() < self.max_sources {
+            return true;
+        }
+        let mut scored: Vec<(u32, Option<Instant>, IpAddr)> = map
+            .iter()
+            .filter(|(_, e)| e.ban.is_none() && e.unauthenticated == 0)
+            .map(|(addr, e)| (e.score_at(now, reset), e.last_failure, *addr))
+            .collect();
+        let target = self.max_sources - self.max_sources / 4;
+        let forget = (map.len() - target.min(map.len())).min(scored.len());
+        if forget > 0 {
+            scored.select_nth_unstable(forget - 1);
+            for (_, _, addr) in scored.iter().take(forget) {
+                map.remove(addr);
+            }
+            self.metrics.ban_scores_forgotten.inc_by(forget as u64);
+            tracing::warn!(
+                forgotten = forget,
+                tracked = self.max_sources,
+                "too many source addresses with failed logins: forgot the lowest and oldest scores"
+            );
+        }
+        map.len() < self.max_sources
     }
 }
 
@@ -758,6 +831,90 @@ mod tests {
         assert!(bans.save().unwrap());
         let text = std::fs::read_to_string(dir.path().join(BANS_FILE)).unwrap();
         assert!(!text.contains("192.0.2.1"), "{text}");
+    }
+
+    #[test]
+    fn a_flood_of_new_sources_forgets_the_lowest_scores_and_keeps_bans_and_logins() {
+        let bans = Bans::with_max_sources(Metrics::new(), 8);
+        let now = Instant::now();
+        let p = policy();
+        // One failure short of a ban, an operator's ban, an older one-failure score, and a
+        // connection still logging in.
+        for _ in 0..9 {
+            bans.record_failure(ip("192.0.2.1"), &p, now);
+        }
+        bans.ban(ip("192.0.2.2"), None, now);
+        bans.record_failure(ip("192.0.2.3"), &p, now);
+        let _open = bans.admit(ip("192.0.2.4"), 0, now).unwrap();
+        // An attacker with a /48: one failure from each of 1,000 /64s, a second later.
+        let later = now + Duration::from_secs(1);
+        for i in 0..1000u32 {
+            let addr = IpAddr::V6(Ipv6Addr::from(
+                (0x2001_0db8_0001_u128 << 80) | (u128::from(i) << 64) | 1,
+            ));
+            bans.record_failure(addr, &p, later);
+            assert!(bans.lock().len() <= 8, "after {i}");
+        }
+        assert!(bans.metrics.ban_scores_forgotten.get() >= 1000 - 8);
+        assert_eq!(bans.metrics.ban_untracked_failures.get(), 0);
+        let listed = bans.list(&p, later);
+        let score = |a: &str| listed.iter().find(|e| e.address == ip(a)).map(|e| e.score);
+        assert_eq!(score("192.0.2.1"), Some(90));
+        assert!(bans.is_banned(ip("192.0.2.2"), later));
+        assert_eq!(score("192.0.2.3"), None, "the oldest low score goes first");
+        assert_eq!(
+            listed
+                .iter()
+                .find(|e| e.address == ip("192.0.2.4"))
+                .unwrap()
+                .unauthenticated,
+            1
+        );
+        // The source near its ban is still counted: its tenth failure bans it.
+        assert!(bans.record_failure(ip("192.0.2.1"), &p, later));
+        assert_eq!(bans.metrics.bans_active.get(), 2);
+    }
+
+    #[test]
+    fn a_table_full_of_bans_does_not_score_new_sources_until_one_ends() {
+        let bans = Bans::with_max_sources(Metrics::new(), 4);
+        let now = Instant::now();
+        let p = policy();
+        for i in 1..=3 {
+            bans.ban(
+                ip(&format!("192.0.2.{i}")),
+                Some(Duration::from_secs(10)),
+                now,
+            );
+        }
+        // Banning a banned address again is still one ban.
+        bans.ban(ip("192.0.2.3"), None, now);
+        bans.record_failure(ip("192.0.2.4"), &p, now);
+        assert_eq!(bans.metrics.bans_active.get(), 3);
+        // Three bans and a score: the score makes room for one new source, then no more.
+        for _ in 0..10 {
+            bans.record_failure(ip("198.51.100.1"), &p, now);
+        }
+        assert!(bans.is_banned(ip("198.51.100.1"), now));
+        assert_eq!(bans.metrics.bans_active.get(), 4);
+        assert!(!bans.record_failure(ip("198.51.100.2"), &p, now));
+        assert_eq!(bans.metrics.ban_untracked_failures.get(), 1);
+        assert_eq!(bans.lock().len(), 4);
+        // Lifting one, and two ending, make room again.
+        assert!(bans.unban(ip("192.0.2.3"), now));
+        assert_eq!(bans.metrics.bans_active.get(), 3);
+        let later = now + Duration::from_secs(11);
+        bans.sweep(&p, later);
+        assert_eq!(bans.metrics.bans_active.get(), 1);
+        bans.record_failure(ip("198.51.100.2"), &p, later);
+        assert_eq!(
+            bans.list(&p, later)
+                .iter()
+                .filter(|e| e.score == 10)
+                .count(),
+            1
+        );
+        assert_eq!(bans.metrics.ban_untracked_failures.get(), 1);
     }
 
     #[test]

@@ -178,6 +178,10 @@ pub struct Metrics {
     pub bans_active: IntGauge,
     /// Bans imposed, by origin (`automatic`: failure score; `manual`: `tunnelctl ban add`).
     pub bans: IntCounterVec,
+    /// Scores of source addresses forgotten to make room ([`crate::ban::MAX_TRACKED_SOURCES`]).
+    pub ban_scores_forgotten: IntCounter,
+    /// Failed logins not scored because the ban table was full of bans and open logins.
+    pub ban_untracked_failures: IntCounter,
     /// Configuration reloads, by result (`success`, `failure`).
     pub config_reloads: IntCounterVec,
     drop_handles: [IntCounter; 5],
@@ -317,6 +321,14 @@ impl Metrics {
             "Bans imposed, by origin.",
             &["origin"],
         );
+        let ban_scores_forgotten = counter(
+            "tunneld_ban_scores_forgotten_total",
+            "Failure scores of source addresses forgotten to keep the ban table bounded.",
+        );
+        let ban_untracked_failures = counter(
+            "tunneld_ban_untracked_failures_total",
+            "Failed logins from new source addresses not scored: the ban table was full of bans and open logins.",
+        );
         let config_reloads = counter_vec(
             "tunneld_config_reloads_total",
             "Configuration reloads, by result.",
@@ -430,6 +442,8 @@ impl Metrics {
             unauthenticated_connections,
             bans_active,
             bans,
+            ban_scores_forgotten,
+            ban_untracked_failures,
             config_reloads,
             drop_handles,
             dtls_drop_handles,
