@@ -30,11 +30,12 @@ use std::time::{Duration, Instant};
 
 use prometheus::IntCounter;
 
-/// How many short idle gaps in a row make a thread nap before parking: three. A ping over TLS
-/// wakes the thread twice (its request, then its reply from the TUN: one short gap); over DTLS a
-/// third time, when the reply's datagram leaves the socket (the kernel reports a UDP socket
-/// writable again after each send, and tokio registers every socket for that too): two short
-/// gaps. Neither may nap.
+/// How many short idle gaps in a row make a thread nap before parking: three. A ping wakes the
+/// thread twice (its request, then its reply from the TUN: one short gap). A session whose DTLS
+/// goes through the shared listening socket (no own socket) is woken a third time when the
+/// reply's datagram leaves (the kernel reports a UDP socket writable again after each send, and
+/// tokio registers that socket for it): two short gaps. Neither may nap. (Own sockets are
+/// registered for reading only, [`crate::udp_own`].)
 const STREAK: u32 = 3;
 
 /// The decision of one thread: nap before parking, or not.

@@ -49,7 +49,7 @@ use openssl::ssl::{
     ErrorCode, Ssl, SslContext, SslContextBuilder, SslMethod, SslOptions, SslRef,
     SslSessionCacheMode, SslStream, SslVersion,
 };
-use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
@@ -64,6 +64,7 @@ use crate::metrics::{
     DtlsDrop, Metrics, DTLS_DPD_ANSWERED, DTLS_DPD_SENT, DTLS_OVERSIZE, DTLS_OWN_SOCKET,
     DTLS_OWN_SOCKET_FAILED,
 };
+use crate::udp_own::OwnSocket;
 
 /// The TLS exporter label openconnect derives the DTLS PSK with (§7.2).
 pub const PSK_LABEL: &[u8] = b"EXPORTER-openconnect-psk";
@@ -308,23 +309,18 @@ impl DtlsServer {
         s.set_nonblocking(true)?;
         s.bind(&SocketAddr::new(ip, self.local.port()).into())?;
         s.connect(&peer.into())?;
-        let socket = UdpSocket::from_std(s.into())?;
-        let state = UdpSocketState::new((&socket).into())?;
-        enlarge_buffers(&socket, &state, OWN_SOCKET_BUFFER);
-        Ok(OwnSocket {
-            socket,
-            state,
-            peer,
-        })
+        let own = OwnSocket::new(s.into(), peer)?;
+        enlarge_buffers(own.socket(), own.state(), OWN_SOCKET_BUFFER);
+        Ok(own)
     }
 }
 
 /// Asks for `size`-byte receive and send buffers on `socket`; the kernel caps them at
 /// `net.core.{r,w}mem_max`, and a refusal only costs speed, so it is logged at debug level.
-fn enlarge_buffers(socket: &UdpSocket, state: &UdpSocketState, size: usize) {
+fn enlarge_buffers<S: std::os::fd::AsFd>(socket: &S, state: &UdpSocketState, size: usize) {
     for r in [
-        state.set_recv_buffer_size(socket.into(), size),
-        state.set_send_buffer_size(socket.into(), size),
+        state.set_recv_buffer_size(UdpSockRef::from(socket), size),
+        state.set_send_buffer_size(UdpSockRef::from(socket), size),
     ] {
         if let Err(e) = r {
             tracing::debug!(error = %e, "cannot enlarge the UDP socket buffers");
@@ -332,25 +328,48 @@ fn enlarge_buffers(socket: &UdpSocket, state: &UdpSocketState, size: usize) {
     }
 }
 
-/// A session's own UDP socket, connected to its client.
-#[derive(Debug)]
-struct OwnSocket {
-    socket: UdpSocket,
-    state: UdpSocketState,
-    /// The client, as the socket is connected to it (IPv4-mapped addresses unmapped).
-    peer: SocketAddr,
+/// Where a link's datagrams go out.
+#[derive(Debug, Clone, Copy)]
+enum Tx<'a> {
+    /// The listening socket, shared by every link without an own socket.
+    Listening(&'a UdpSocket, &'a UdpSocketState),
+    /// The session's own socket (registered for reading only).
+    Own(&'a OwnSocket),
 }
 
-/// Sends the datagrams in `out` (their lengths in `lens`) to `peer` on `socket`, as few `sendmsg`
+impl Tx<'_> {
+    fn state(&self) -> &UdpSocketState {
+        match self {
+            Self::Listening(_, state) => state,
+            Self::Own(own) => own.state(),
+        }
+    }
+
+    /// Sends `t`, waiting while the socket buffer is full.
+    async fn send(&self, t: &Transmit<'_>) -> io::Result<()> {
+        match *self {
+            Self::Listening(socket, state) => loop {
+                socket.writable().await?;
+                match socket.try_io(Interest::WRITABLE, || state.try_send(socket.into(), t)) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    other => return other,
+                }
+            },
+            Self::Own(own) => own.send(t).await.map(drop),
+        }
+    }
+}
+
+/// Sends the datagrams in `out` (their lengths in `lens`) to `peer` through `tx`, as few `sendmsg`
 /// calls as GSO allows: a run of equal-sized datagrams (the last may be shorter) goes in one call.
 async fn send_batch(
-    socket: &UdpSocket,
-    state: &UdpSocketState,
+    tx: Tx<'_>,
     peer: SocketAddr,
     local: Option<IpAddr>,
     out: &[u8],
     lens: &[usize],
 ) {
+    let state = tx.state();
     let mut off = 0;
     let mut i = 0;
     while let Some(rest) = lens.get(i..) {
@@ -368,18 +387,11 @@ async fn send_batch(
             segment_size: (n > 1).then_some(size),
             src_ip: local,
         };
-        let sent = loop {
-            if let Err(e) = socket.writable().await {
-                tracing::warn!(error = %e, "UDP socket failed");
-                return;
-            }
-            match socket.try_io(Interest::WRITABLE, || state.try_send(socket.into(), &t)) {
-                Ok(()) => break true,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "UDP send failed");
-                    break false;
-                }
+        let sent = match tx.send(&t).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "UDP send failed");
+                false
             }
         };
         // A device without GSO fails the batch once and quinn-udp turns GSO off: send the same
@@ -932,7 +944,7 @@ impl DtlsLink {
             Some(own) => tokio::select! {
                 r = rx.recv() => queued(r),
                 // An error is the socket's to report: `receive` reads it.
-                _ = own.socket.readable() => Wake::Socket,
+                _ = own.readable() => Wake::Socket,
             },
         }
     }
@@ -992,14 +1004,12 @@ impl DtlsLink {
                 else {
                     return;
                 };
-                let own_peer = own.peer;
+                let own_peer = own.peer();
                 let res = {
                     let mut chunks = storage.chunks_mut(RECV_SLOT);
                     let mut bufs: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
                         std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
-                    own.socket.try_io(Interest::READABLE, || {
-                        own.state.recv((&own.socket).into(), &mut bufs, meta)
-                    })
+                    own.recv(&mut bufs, meta)
                 };
                 let n = match res {
                     Ok(n) => n,
@@ -1454,20 +1464,11 @@ impl DtlsLink {
             if !shim.lens.is_empty() {
                 match &ep.own {
                     Some(own) => {
-                        send_batch(
-                            &own.socket,
-                            &own.state,
-                            own.peer,
-                            None,
-                            &shim.out,
-                            &shim.lens,
-                        )
-                        .await
+                        send_batch(Tx::Own(own), own.peer(), None, &shim.out, &shim.lens).await
                     }
                     None => {
                         send_batch(
-                            &server.socket,
-                            &server.state,
+                            Tx::Listening(&server.socket, &server.state),
                             ep.peer,
                             ep.local,
                             &shim.out,
@@ -2387,7 +2388,7 @@ mod tests {
         // overflowed at one client's full speed. Linux doubles the size asked for, up to
         // twice `net.core.rmem_max`.
         let own = link.established.as_ref().unwrap().own.as_ref().unwrap();
-        let got = socket2::SockRef::from(&own.socket)
+        let got = socket2::SockRef::from(own.socket())
             .recv_buffer_size()
             .unwrap();
         let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
@@ -2413,15 +2414,9 @@ mod tests {
         s.set_reuse_address(true).unwrap();
         s.set_nonblocking(true).unwrap();
         s.bind(&srv.local.into()).unwrap();
-        let socket = UdpSocket::from_std(s.into()).unwrap();
-        let state = UdpSocketState::new((&socket).into()).unwrap();
         let ep = first.established.as_mut().unwrap();
         let peer = ep.peer;
-        ep.own = Some(OwnSocket {
-            socket,
-            state,
-            peer,
-        });
+        ep.own = Some(OwnSocket::new(s.into(), peer).unwrap());
 
         // A second session's ClientHello, from another client.
         let mut second = srv.register(2, [7; 32], params());

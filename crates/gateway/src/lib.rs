@@ -26,5 +26,6 @@ pub mod table;
 pub mod tls;
 mod tls_read;
 pub(crate) mod tunnel;
+mod udp_own;
 pub mod users;
 pub mod workers;
