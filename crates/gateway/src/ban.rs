@@ -141,7 +141,9 @@ pub struct Bans {
     store: Option<Store>,
     /// [`MAX_TRACKED_SOURCES`], smaller in tests.
     max_sources: usize,
-    /// A failure went unscored since the table last had room: warn once per episode.
+    /// Forgetting scores could not bring the table down to [`Self::target`]: bans and open logins
+    /// fill it. No scan for room again until the sweep finds it there (one scan per episode, not
+    /// one per failure while an attack goes on).
     full: AtomicBool,
 }
 
@@ -391,13 +393,6 @@ impl Bans {
         if !map.contains_key(&key) && !self.make_room(&mut map, now, reset) {
             drop(map);
             self.metrics.ban_untracked_failures.inc();
-            if !self.full.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    address = %key,
-                    tracked = self.max_sources,
-                    "too many source addresses with bans or open logins to score another: failed logins from new addresses are not scored until some end"
-                );
-            }
             return false;
         }
         let e = map.entry(key).or_default();
@@ -522,7 +517,7 @@ impl Bans {
             e.ban.is_some() || e.score > 0 || e.unauthenticated > 0
         });
         let active = count_banned(&map, now);
-        let room = map.len() < self.max_sources;
+        let room = map.len() <= self.target();
         drop(map);
         if expired {
             self.changed();
@@ -534,19 +529,28 @@ impl Bans {
         self.metrics.bans_active.set(active);
     }
 
+    /// How far [`Self::make_room`] shrinks a full table: three quarters of it.
+    fn target(&self) -> usize {
+        self.max_sources - self.max_sources / 4
+    }
+
     /// Before a new source is added: true when the table has room for it, after forgetting, if
     /// it is full, the scores of a quarter of it (lowest score, then oldest failure first). Only
-    /// entries with a score and nothing else are forgotten.
+    /// entries with a score and nothing else are forgotten. Each scan frees a quarter of the
+    /// table, or sets [`Self::full`] until the sweep sees it at [`Self::target`] again.
     fn make_room(&self, map: &mut HashMap<IpAddr, Entry>, now: Instant, reset: Duration) -> bool {
         if map.len() < self.max_sources {
             return true;
+        }
+        if self.full.load(Ordering::Relaxed) {
+            return false;
         }
         let mut scored: Vec<(u32, Option<Instant>, IpAddr)> = map
             .iter()
             .filter(|(_, e)| e.ban.is_none() && e.unauthenticated == 0)
             .map(|(addr, e)| (e.score_at(now, reset), e.last_failure, *addr))
             .collect();
-        let target = self.max_sources - self.max_sources / 4;
+        let target = self.target();
         let forget = (map.len() - target.min(map.len())).min(scored.len());
         if forget > 0 {
             scored.select_nth_unstable(forget - 1);
@@ -558,6 +562,13 @@ impl Bans {
                 forgotten = forget,
                 tracked = self.max_sources,
                 "too many source addresses with failed logins: forgot the lowest and oldest scores"
+            );
+        }
+        if map.len() > target {
+            self.full.store(true, Ordering::Relaxed);
+            tracing::warn!(
+                tracked = map.len(),
+                "the ban table is full of bans and connections still logging in: failed logins from new addresses are not scored until some end"
             );
         }
         map.len() < self.max_sources
@@ -903,6 +914,12 @@ mod tests {
         // Lifting one, and two ending, make room again.
         assert!(bans.unban(ip("192.0.2.3"), now));
         assert_eq!(bans.metrics.bans_active.get(), 3);
+        // Full again, the table is not scanned at every failure: a login that ended (an empty
+        // entry, forgettable) waits for the sweep.
+        let login = bans.admit(ip("192.0.2.5"), 0, now).unwrap();
+        drop(login);
+        assert!(!bans.record_failure(ip("198.51.100.3"), &p, now));
+        assert_eq!(bans.metrics.ban_untracked_failures.get(), 2);
         let later = now + Duration::from_secs(11);
         bans.sweep(&p, later);
         assert_eq!(bans.metrics.bans_active.get(), 1);
@@ -914,7 +931,7 @@ mod tests {
                 .count(),
             1
         );
-        assert_eq!(bans.metrics.ban_untracked_failures.get(), 1);
+        assert_eq!(bans.metrics.ban_untracked_failures.get(), 2);
     }
 
     #[test]
