@@ -29,7 +29,7 @@
 //!   established channel keeps working until the new handshake completes, and only then is
 //!   replaced. Someone who sees an App-ID on the wire (it is sent in clear) but lacks the PSK can
 //!   make a handshake fail, never take the channel away.
-//! * **OpenSSL, sans-IO.** The `Ssl` reads from and writes to [`Shim`]: a read hands OpenSSL
+//! * **OpenSSL, sans-IO.** The `Ssl` reads from and writes to `Shim`: a read hands OpenSSL
 //!   exactly one datagram or "would block", each write is one outgoing datagram. DTLS 1.2 only,
 //!   PSK AES-GCM and ChaCha20-Poly1305, no tickets, no session cache, no renegotiation, an explicit
 //!   MTU, and the handshake retransmit timer driven from the session's timer (§14).

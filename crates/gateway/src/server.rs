@@ -1,5 +1,5 @@
 //! The TLS listener and the HTTP phase of a connection: health probes, the XML login exchange, and
-//! the CONNECT that turns the connection into a tunnel (handed to [`crate::tunnel`]).
+//! the CONNECT that turns the connection into a tunnel (handed to `crate::tunnel`).
 //!
 //! Every connection gets `auth_timeout` from TCP accept to reach its CONNECT; header blocks and
 //! bodies have size limits; anything malformed is answered (400/404/431) and closed with a logged
