@@ -55,7 +55,7 @@ pub enum Request {
     BanAdd {
         /// The address (an IPv6 address bans its /64).
         address: IpAddr,
-        /// How long, in seconds; absent or 0 means until removed (or the daemon restarts).
+        /// How long, in seconds; absent or 0 means until removed (saved bans outlive a restart).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         secs: Option<u64>,
     },

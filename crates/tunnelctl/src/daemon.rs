@@ -39,8 +39,8 @@ pub(crate) enum BanCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Ban a source address (an IPv6 address bans its /64). Bans live in memory: a restart
-    /// forgets them.
+    /// Ban a source address (an IPv6 address bans its /64). The ban is saved in
+    /// `server.state_dir` before this answers, so it outlives a restart.
     Add {
         /// The address.
         address: IpAddr,
