@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use e2e::bench::{add_source_addresses, run_smoke, BenchRun, Login};
-use e2e::{Gateway, GatewayConfig, Topology};
+use e2e::{Gateway, GatewayConfig, Topology, GW_DEVICE_ADDR};
 
 const USER: &str = "bench";
 const PASSWORD: &str = "bench-pw";
@@ -163,6 +163,99 @@ fn with_dtls_off_at_the_gateway_dtls_sessions_run_over_cstp_and_say_it_was_not_o
     ensure!(
         gw.metric_or_zero("tunneld_dtls_handshakes_total", &[("result", "ok")])? == 0.0,
         "{}",
+        gw.metrics()?
+    );
+    Ok(())
+}
+
+/// Blocks UDP between the `dev` namespace and the gateway's DTLS port (both ways).
+fn set_udp_blocked(topo: &Topology, blocked: bool) -> Result<()> {
+    if !blocked {
+        topo.run_in("dev", &["nft", "delete", "table", "inet", "e2e_bench_udp"])?;
+        return Ok(());
+    }
+    let rules = format!(
+        "table inet e2e_bench_udp {{\n\
+         chain out {{ type filter hook output priority 0; ip daddr {GW_DEVICE_ADDR} udp dport 443 drop; }}\n\
+         chain in {{ type filter hook input priority 0; ip saddr {GW_DEVICE_ADDR} udp sport 443 drop; }}\n\
+         }}\n"
+    );
+    let path = topo.dir().join("block-bench-udp.nft");
+    std::fs::write(&path, rules)?;
+    topo.run_in("dev", &["nft", "-f", &path.display().to_string()])?;
+    Ok(())
+}
+
+#[test]
+fn dtls_lost_to_blocked_udp_comes_back_by_a_new_handshake_as_openconnect_retries() -> Result<()> {
+    // Short timers: the client sees DTLS fail within seconds of the block (a refused send or
+    // DPD), the gateway moves downstream to CSTP after 3 s without UDP.
+    let (topo, gw, sources) = setup(
+        GatewayConfig::new()
+            .set("timers.dpd_secs", 2)
+            .set("dtls.switch_to_tcp_secs", 3),
+    )?;
+    const N: f64 = 20.0;
+    let wait = Duration::from_secs(30);
+    let on = |transport: &str| -> Result<f64> {
+        gw.metric_or_zero("tunneld_sessions_active", &[("transport", transport)])
+    };
+    let run = std::thread::scope(|s| -> Result<BenchRun> {
+        let bench = s.spawn(|| {
+            let login = Login {
+                user: USER,
+                password: PASSWORD,
+            };
+            let args = [
+                "--sessions",
+                "20",
+                "--dtls",
+                "--dtls-retry",
+                "2",
+                "--duration",
+                "40",
+                "--trickle-ms",
+                "0",
+            ];
+            run_smoke(&topo, &gw, login, &sources, "hold", &args, TIMEOUT)
+        });
+        let result = (|| -> Result<()> {
+            gw.wait_metric("tunneld_sessions_active", &[("transport", "dtls")], N, wait)?;
+            set_udp_blocked(&topo, true)?;
+            gw.wait_metric("tunneld_sessions_active", &[("transport", "cstp")], N, wait)?;
+            // Failed attempts while blocked are restarts too; let a few happen.
+            std::thread::sleep(Duration::from_secs(5));
+            ensure!(on("dtls")? == 0.0, "DTLS came back while UDP was blocked?");
+            set_udp_blocked(&topo, false)?;
+            gw.wait_metric("tunneld_sessions_active", &[("transport", "dtls")], N, wait)
+        })();
+        let run = bench
+            .join()
+            .map_err(|_| anyhow::anyhow!("the bench thread panicked"))??;
+        result.map_err(|e| anyhow::anyhow!("{e:#}\n{}", run.output))?;
+        Ok(run)
+    })?;
+    ensure!(run.num("/action/sessions") == N, "{}", run.output);
+    ensure!(
+        run.report["action"]["lost_sessions"]
+            .as_object()
+            .is_some_and(|m| m.is_empty()),
+        "TLS must survive the loss of UDP: {}",
+        run.output
+    );
+    ensure!(
+        run.num("/action/dtls/up") == N,
+        "every session on DTLS again at the end: {}",
+        run.output
+    );
+    ensure!(
+        run.num("/action/dtls_restarts") >= N,
+        "each session started DTLS again: {}",
+        run.output
+    );
+    ensure!(
+        gw.metric("tunneld_dtls_handshakes_total", &[("result", "ok")])? >= 2.0 * N,
+        "a second handshake per session at the gateway: {}",
         gw.metrics()?
     );
     Ok(())

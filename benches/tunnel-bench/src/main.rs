@@ -7,7 +7,8 @@
 //! and brought back at once). Sessions are spread over worker processes (the open-files limit) and
 //! over source addresses (ephemeral ports); the report is a table and, with `--json`, a JSON file.
 //! With `--dtls` every scenario runs its sessions' packets over DTLS (PSK-NEGOTIATE, as
-//! openconnect), the handshake counted as part of each setup.
+//! openconnect), the handshake counted as part of each setup; a session whose DTLS fails goes on
+//! over CSTP and, like openconnect, tries a new handshake `--dtls-retry` seconds later.
 
 mod hist;
 mod orchestrate;
@@ -196,6 +197,10 @@ struct Common {
     /// Deadline for one DTLS handshake, seconds.
     #[arg(long, default_value_t = 10)]
     dtls_timeout: u64,
+    /// After a session's DTLS fails (handshake, DPD, UDP error), start a new handshake this many
+    /// seconds later, as openconnect does (its default is 60); 0: stay on CSTP.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    dtls_retry: u64,
     /// The server's pid: report its (and its children's) memory and CPU from /proc.
     #[arg(long)]
     server_pid: Option<u32>,

@@ -147,6 +147,7 @@ pub(crate) fn run(
             dpd_s: c.dpd,
             dtls: c.dtls,
             dtls_timeout_s: c.dtls_timeout,
+            dtls_retry_s: c.dtls_retry,
         };
         let mut child = Command::new(&exe)
             .arg("worker")

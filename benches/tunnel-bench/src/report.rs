@@ -98,6 +98,8 @@ pub(crate) struct ActionSummary {
     dtls_keepalives: u64,
     dtls_dpd_sent: u64,
     dtls_dpd_answered: u64,
+    /// New DTLS handshakes after a failure (`--dtls-retry`).
+    dtls_restarts: u64,
     /// `--dtls`: each session's DTLS state at the end of the action, by label.
     dtls: BTreeMap<String, u64>,
 }
@@ -255,6 +257,7 @@ impl Report {
                 a.dtls_keepalives += r.dtls_keepalives;
                 a.dtls_dpd_sent += r.dtls_dpd_sent;
                 a.dtls_dpd_answered += r.dtls_dpd_answered;
+                a.dtls_restarts += r.dtls_restarts;
                 add_counts(&mut a.dtls, &r.dtls);
             }
             let secs = if a.elapsed_s > 0.0 {
@@ -345,6 +348,7 @@ impl Report {
                 dtls_keepalives: a.dtls_keepalives,
                 dtls_dpd_sent: a.dtls_dpd_sent,
                 dtls_dpd_answered: a.dtls_dpd_answered,
+                dtls_restarts: a.dtls_restarts,
                 dtls: a.dtls,
             }
         });
@@ -519,12 +523,13 @@ impl Report {
                 row(
                     "packets over DTLS",
                     format!(
-                        "{} sent, {} received; {} keepalives, {} of {} DPD answered",
+                        "{} sent, {} received; {} keepalives, {} of {} DPD answered; {} new handshakes after a failure",
                         a.dtls_packets_sent,
                         a.dtls_packets_received,
                         a.dtls_keepalives,
                         a.dtls_dpd_answered,
-                        a.dtls_dpd_sent
+                        a.dtls_dpd_sent,
+                        a.dtls_restarts
                     ),
                 );
             }

@@ -55,6 +55,8 @@ pub(crate) struct WorkerSpec {
     pub(crate) dtls: bool,
     /// Deadline for one DTLS handshake, seconds.
     pub(crate) dtls_timeout_s: u64,
+    /// Seconds after a DTLS failure before a new handshake; 0: none.
+    pub(crate) dtls_retry_s: u64,
 }
 
 /// How the storm drops and brings back sessions.
@@ -184,6 +186,9 @@ pub(crate) struct ActionReport {
     pub(crate) dtls_dpd_sent: u64,
     /// DTLS DPD responses received.
     pub(crate) dtls_dpd_answered: u64,
+    /// New DTLS handshakes started after a failure.
+    #[serde(default)]
+    pub(crate) dtls_restarts: u64,
     /// With DTLS: each session's DTLS state at the end of the phase, by label.
     pub(crate) dtls: BTreeMap<String, u64>,
     /// One example error text per loss reason.

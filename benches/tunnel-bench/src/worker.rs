@@ -194,6 +194,7 @@ async fn main(spec: WorkerSpec) -> Result<()> {
     ep.setup_timeout = Duration::from_secs(spec.setup_timeout_s.max(1));
     ep.dtls = spec.dtls;
     ep.dtls_handshake_timeout = Duration::from_secs(spec.dtls_timeout_s.max(1));
+    ep.dtls_retry = (spec.dtls_retry_s > 0).then(|| Duration::from_secs(spec.dtls_retry_s));
     // Certificate endpoints are copies of `ep`: they carry its DTLS settings.
     let cert_eps = match &spec.cert_dir {
         Some(dir) => cert_endpoints(&spec, dir, &ep, &verify)?,
@@ -352,6 +353,7 @@ fn merge(agg: &mut ActionReport, r: &SessionReport) {
     agg.dtls_keepalives += r.dtls.keepalives;
     agg.dtls_dpd_sent += r.dtls.dpd_sent;
     agg.dtls_dpd_answered += r.dtls.dpd_answered;
+    agg.dtls_restarts += r.dtls.restarts;
     if let Some(label) = r.dtls_state {
         *agg.dtls.entry(label.to_owned()).or_insert(0) += 1;
     }
@@ -365,6 +367,7 @@ fn stats_since(now: DtlsStats, before: DtlsStats) -> DtlsStats {
         keepalives: now.keepalives.saturating_sub(before.keepalives),
         dpd_sent: now.dpd_sent.saturating_sub(before.dpd_sent),
         dpd_answered: now.dpd_answered.saturating_sub(before.dpd_answered),
+        restarts: now.restarts.saturating_sub(before.restarts),
     }
 }
 

@@ -145,6 +145,8 @@ pub struct DtlsStats {
     pub dpd_sent: u64,
     /// DPD responses received over DTLS.
     pub dpd_answered: u64,
+    /// New handshakes started after the channel failed (see `Endpoint::dtls_retry`).
+    pub restarts: u64,
 }
 
 /// OpenSSL's view of the network: one datagram per read, one datagram per write.

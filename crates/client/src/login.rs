@@ -47,8 +47,11 @@ pub struct Endpoint {
     pub mtu: u32,
     /// Offer DTLS (PSK-NEGOTIATE) in the CONNECT and run it when the server accepts.
     pub dtls: bool,
-    /// How long a DTLS handshake may take before the tunnel stays on CSTP.
+    /// How long a DTLS handshake may take before the tunnel goes on over CSTP.
     pub dtls_handshake_timeout: Duration,
+    /// After DTLS fails (handshake, DPD, socket), try a new handshake this much later; `None`:
+    /// CSTP for the rest of the tunnel. Default 60 s, openconnect's `dtls_attempt_period`.
+    pub dtls_retry: Option<Duration>,
 }
 
 impl Endpoint {
@@ -70,6 +73,7 @@ impl Endpoint {
             mtu: 1390,
             dtls: false,
             dtls_handshake_timeout: Duration::from_secs(10),
+            dtls_retry: Some(Duration::from_secs(60)),
         })
     }
 
@@ -333,6 +337,7 @@ async fn tunnel_up(
     let dtls = ep.dtls.then_some(DtlsRequest {
         base_mtu: ep.base_mtu,
         handshake_timeout: ep.dtls_handshake_timeout,
+        retry_after: ep.dtls_retry,
     });
     Ok(Tunnel::new(conn.tls, conn.buf, reply, dtls))
 }

@@ -80,6 +80,9 @@ pub(crate) struct DtlsRequest {
     pub(crate) base_mtu: u32,
     /// How long the handshake may take.
     pub(crate) handshake_timeout: Duration,
+    /// After a failure (handshake, DPD, socket), start a new handshake this much later, as
+    /// openconnect does every 60 s; `None`: stay on CSTP.
+    pub(crate) retry_after: Option<Duration>,
 }
 
 /// The UDP side of a tunnel.
@@ -190,6 +193,7 @@ enum Woke {
     Tls(std::io::Result<usize>),
     Udp(std::io::Result<()>),
     DtlsTimer,
+    DtlsRetry,
 }
 
 async fn sleep_opt(t: Option<Instant>) {
@@ -230,6 +234,12 @@ pub struct Tunnel {
     dtls_packets: VecDeque<Bytes>,
     /// Counters of channels that are gone (a failed one's counts stay counted).
     dtls_past: DtlsStats,
+    /// How DTLS was asked for: kept to start it again after a failure.
+    dtls_request: Option<DtlsRequest>,
+    /// When to start a new handshake, while the channel is down.
+    dtls_retry_at: Option<Instant>,
+    /// DPD and keepalive intervals set with [`Tunnel::set_dtls_timers`], for new channels too.
+    dtls_timers: Option<(Option<Duration>, Option<Duration>)>,
 }
 
 impl Tunnel {
@@ -241,7 +251,7 @@ impl Tunnel {
     ) -> Self {
         // Whole frames must reach rustls unsplit; the caller bounds what it queues before a flush.
         tls.get_mut().1.set_buffer_limit(None);
-        let (dtls, dtls_status) = match dtls {
+        let (dtls_io, dtls_status) = match dtls {
             None => (None, DtlsStatus::NotRequested),
             Some(_) if reply.dtls.is_none() => (None, DtlsStatus::NotOffered),
             Some(req) => match start_dtls(&tls, &reply, req) {
@@ -249,16 +259,24 @@ impl Tunnel {
                 Err(f) => (None, DtlsStatus::Failed(f)),
             },
         };
+        let dtls_retry_at = match (&dtls_status, dtls) {
+            (DtlsStatus::Failed(_), Some(req)) => req.retry_after.map(|d| Instant::now() + d),
+            _ => None,
+        };
+        let dtls_request = dtls.filter(|_| reply.dtls.is_some());
         Self {
             tls,
             rbuf,
             scratch: Vec::with_capacity(2048),
             reply,
             pending: false,
-            dtls,
+            dtls: dtls_io,
             dtls_status,
             dtls_packets: VecDeque::new(),
             dtls_past: DtlsStats::default(),
+            dtls_request,
+            dtls_retry_at,
+            dtls_timers: None,
         }
     }
 
@@ -283,11 +301,14 @@ impl Tunnel {
             keepalives: p.keepalives + cur.keepalives,
             dpd_sent: p.dpd_sent + cur.dpd_sent,
             dpd_answered: p.dpd_answered + cur.dpd_answered,
+            restarts: p.restarts,
         }
     }
 
-    /// Overrides the DTLS keepalive and DPD intervals the server pushed (`None` or zero: off).
+    /// Overrides the DTLS keepalive and DPD intervals the server pushed (`None` or zero: off),
+    /// for this channel and any started after a failure.
     pub fn set_dtls_timers(&mut self, dpd: Option<Duration>, keepalive: Option<Duration>) {
+        self.dtls_timers = Some((dpd, keepalive));
         if let Some(d) = self.dtls.as_mut() {
             d.chan.set_timers(dpd, keepalive);
         }
@@ -324,6 +345,27 @@ impl Tunnel {
             p.dpd_answered += s.dpd_answered;
         }
         self.dtls_status = DtlsStatus::Failed(f);
+        self.dtls_retry_at = self
+            .dtls_request
+            .and_then(|r| r.retry_after)
+            .map(|d| Instant::now() + d);
+    }
+
+    /// Starts a new DTLS handshake (new UDP socket, the same PSK and App-ID) after a failure.
+    fn dtls_restart(&mut self) {
+        self.dtls_retry_at = None;
+        let Some(req) = self.dtls_request else { return };
+        self.dtls_past.restarts += 1;
+        match start_dtls(&self.tls, &self.reply, req) {
+            Ok(mut io) => {
+                if let Some((dpd, keepalive)) = self.dtls_timers {
+                    io.chan.set_timers(dpd, keepalive);
+                }
+                self.dtls = Some(Box::new(io));
+                self.dtls_status = DtlsStatus::Connecting;
+            }
+            Err(f) => self.dtls_fail(f),
+        }
     }
 
     /// Reads every datagram waiting on the UDP socket into the channel.
@@ -480,7 +522,13 @@ impl Tunnel {
         // Datagrams still queued (the ClientHello of a new tunnel) go before we sleep.
         self.dtls_send().await;
         let woke = match self.dtls.as_ref() {
-            None => Woke::Tls(self.tls.read_buf(&mut self.rbuf).await),
+            None => match self.dtls_retry_at {
+                None => Woke::Tls(self.tls.read_buf(&mut self.rbuf).await),
+                Some(at) => tokio::select! {
+                    r = self.tls.read_buf(&mut self.rbuf) => Woke::Tls(r),
+                    () = tokio::time::sleep_until(at.into()) => Woke::DtlsRetry,
+                },
+            },
             Some(d) => {
                 let timer = d.chan.poll_timeout(Instant::now());
                 tokio::select! {
@@ -505,6 +553,7 @@ impl Tunnel {
                     .and_then(|d| d.chan.handle_timeout(Instant::now()));
                 self.dtls_change(change);
             }
+            Woke::DtlsRetry => self.dtls_restart(),
         }
         self.dtls_send().await;
         Ok(())
@@ -527,6 +576,9 @@ impl Tunnel {
     /// close the connection, which it does once the session is ended and its address is free.
     /// Returns whether the server closed within `wait`.
     pub async fn logout(mut self, wait: std::time::Duration) -> Result<bool, ClientError> {
+        // No new DTLS handshake while the session ends.
+        self.dtls_request = None;
+        self.dtls_retry_at = None;
         if let Some(d) = self.dtls.as_mut() {
             d.chan.close();
         }
