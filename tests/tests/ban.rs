@@ -201,6 +201,35 @@ fn unauthenticated_connections_are_capped_per_source_and_manual_bans_apply() -> 
         gw.metric("tunneld_bans_total", &[("origin", "manual")])? == 1.0,
         "manual bans_total"
     );
+
+    // A prefix ban covers every address in it: 198.18.1.0/30 holds dev (.2) and dev2 (.3).
+    let out = gw
+        .tunnelctl(&["ban", "add", "198.18.1.1/30", "--secs", "600"])?
+        .check()?;
+    ensure!(
+        out.stdout.contains("198.18.1.0/30: banned (manual, ") && out.stdout.contains(" left)"),
+        "{out}"
+    );
+    ensure!(
+        !tls_handshake(&topo, &gw, "dev")? && !tls_handshake(&topo, &gw, "dev2")?,
+        "an address in the banned prefix was served"
+    );
+    let list = gw.tunnelctl(&["ban", "list"])?.check()?.stdout;
+    ensure!(list.contains("198.18.1.0/30"), "{list}");
+    ensure!(
+        ban_entry(&gw, "198.18.1.0")?.is_some_and(|e| e["prefix_len"] == 30 && e["manual"] == true),
+        "ban list --json"
+    );
+    let out = gw.tunnelctl(&["ban", "add", "198.18.1.0/120"])?;
+    ensure!(
+        !out.success() && out.stderr.contains("198.18.1.0/120"),
+        "{out}"
+    );
+    gw.tunnelctl(&["ban", "remove", "198.18.1.0/30"])?.check()?;
+    ensure!(
+        tls_handshake(&topo, &gw, "dev")? && tls_handshake(&topo, &gw, "dev2")?,
+        "refused after the prefix ban was lifted"
+    );
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! Brute-force protection: a failure score per source address that turns into a ban (like ocserv's
-//! ban points), manual bans from the operator, and a cap on concurrent unauthenticated connections
-//! per source.
+//! ban points), manual bans from the operator (of a source, or of a whole prefix), and a cap on
+//! concurrent unauthenticated connections per source.
 //!
 //! Both are enforced at TCP accept, before the TLS handshake, so a banned or flooding address costs
 //! the gateway one `accept` and one `close`. An IPv6 source counts per /64 (one host usually holds a
@@ -11,13 +11,17 @@
 //! Scores and unauthenticated counts are not kept: they are minutes old at most.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::config::BanConfig;
@@ -44,11 +48,85 @@ impl Refusal {
     }
 }
 
-/// One source address's state, as `tunnelctl ban list` shows it.
+/// What an operator's ban covers: one source (an IPv4 address, or the /64 of an IPv6 address),
+/// or a whole prefix, shorter than that. Written `ADDR` or `ADDR/LEN` (an IPv4 /32 or an IPv6 /64
+/// is the source itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BanTarget {
+    /// One source.
+    Source(IpAddr),
+    /// Every source in the prefix (host bits cleared).
+    Prefix(IpNet),
+}
+
+impl FromStr for BanTarget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if !s.contains('/') {
+            return s.parse().map(Self::Source).map_err(|e| format!("{s}: {e}"));
+        }
+        let net: IpNet = s.parse().map_err(|e| format!("{s}: {e}"))?;
+        match net {
+            _ if net.prefix_len() == 0 => Err(format!("{s} would ban every address")),
+            IpNet::V4(n) if n.prefix_len() == 32 => Ok(Self::Source(IpAddr::V4(n.addr()))),
+            IpNet::V6(n) if n.prefix_len() == 64 => Ok(Self::Source(IpAddr::V6(n.addr()))),
+            IpNet::V6(n) if n.prefix_len() > 64 => Err(format!(
+                "{s}: IPv6 sources are scored and banned per /64; ban the /64 or a shorter prefix"
+            )),
+            net => Ok(Self::Prefix(net.trunc())),
+        }
+    }
+}
+
+impl fmt::Display for BanTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Source(a) => a.fmt(f),
+            Self::Prefix(n) => n.fmt(f),
+        }
+    }
+}
+
+impl Serialize for BanTarget {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for BanTarget {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// At most this many prefix bans: every accepted connection is checked against each.
+pub const MAX_PREFIX_BANS: usize = 1_000;
+
+/// A ban of a whole prefix (always the operator's).
+#[derive(Debug, Clone, Copy)]
+struct PrefixBan {
+    net: IpNet,
+    /// `None`: until removed.
+    until: Option<Instant>,
+}
+
+impl PrefixBan {
+    fn active(&self, now: Instant) -> bool {
+        self.until.is_none_or(|t| now < t)
+    }
+}
+
+/// One source address's state, or one prefix ban, as `tunnelctl ban list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BanEntry {
-    /// The source (an IPv4 address, or the network address of an IPv6 /64).
+    /// The source (an IPv4 address, or the network address of an IPv6 /64), or the network
+    /// address of a banned prefix.
     pub address: IpAddr,
+    /// The prefix length of a prefix ban; `None` for a source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_len: Option<u8>,
     /// Its failure score now (0 after a ban starts).
     pub score: u32,
     /// True while it is banned.
@@ -115,6 +193,9 @@ struct SavedBans {
 #[derive(Debug, Serialize, Deserialize)]
 struct SavedBan {
     address: IpAddr,
+    /// A prefix ban's length; absent for a source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prefix_len: Option<u8>,
     /// Seconds since the Unix epoch when the ban ends; `None`: until removed.
     until_unix_secs: Option<u64>,
     manual: bool,
@@ -145,6 +226,10 @@ pub struct Bans {
     /// fill it. No scan for room again until the sweep finds it there (one scan per episode, not
     /// one per failure while an attack goes on).
     full: AtomicBool,
+    /// The operator's prefix bans: read at every accept without a lock, replaced whole.
+    prefixes: ArcSwap<Vec<PrefixBan>>,
+    /// One writer of `prefixes` at a time.
+    prefixes_writer: Mutex<()>,
 }
 
 /// The source key: IPv4 as is, IPv4-mapped IPv6 as IPv4, other IPv6 truncated to its /64.
@@ -190,6 +275,8 @@ impl Bans {
             store: None,
             max_sources: MAX_TRACKED_SOURCES,
             full: AtomicBool::new(false),
+            prefixes: ArcSwap::from_pointee(Vec::new()),
+            prefixes_writer: Mutex::new(()),
         }
     }
 
@@ -234,6 +321,7 @@ impl Bans {
         let wall_secs = unix_secs(wall);
         let mut map = self.lock();
         let mut n = 0;
+        let mut prefixes = Vec::new();
         for b in saved.bans {
             let ban = match b.until_unix_secs {
                 None => None,
@@ -242,13 +330,27 @@ impl Bans {
                 }
                 Some(_) => continue,
             };
+            if let Some(len) = b.prefix_len {
+                let Ok(net) = IpNet::new(b.address, len) else {
+                    continue;
+                };
+                if prefixes.len() < MAX_PREFIX_BANS {
+                    prefixes.push(PrefixBan {
+                        net: net.trunc(),
+                        until: ban,
+                    });
+                    n += 1;
+                }
+                continue;
+            }
             let e = map.entry(source_key(b.address)).or_default();
             e.ban = Some(ban);
             e.manual = b.manual;
             n += 1;
         }
-        let active = count_banned(&map, now);
+        let active = count_banned(&map, now) + count_active(&prefixes, now);
         drop(map);
+        self.prefixes.store(Arc::new(prefixes));
         self.metrics.bans_active.set(active);
         Ok(n)
     }
@@ -262,6 +364,7 @@ impl Bans {
             .filter(|(_, e)| e.banned_at(now))
             .map(|(addr, e)| SavedBan {
                 address: *addr,
+                prefix_len: None,
                 // Rounded up, so a restored ban never ends early.
                 until_unix_secs: e.ban.flatten().map(|until| {
                     let left = until.saturating_duration_since(now);
@@ -271,6 +374,24 @@ impl Bans {
             })
             .collect();
         drop(map);
+        let until_secs = |until: Option<Instant>| {
+            until.map(|until| {
+                let left = until.saturating_duration_since(now);
+                wall_secs + left.as_secs() + u64::from(left.subsec_nanos() > 0)
+            })
+        };
+        bans.extend(
+            self.prefixes
+                .load()
+                .iter()
+                .filter(|p| p.active(now))
+                .map(|p| SavedBan {
+                    address: p.net.network(),
+                    prefix_len: Some(p.net.prefix_len()),
+                    until_unix_secs: until_secs(p.until),
+                    manual: true,
+                }),
+        );
         if bans.len() > MAX_SAVED_BANS {
             // Manual first, then the latest end (until removed counts as the latest).
             bans.sort_by_key(|b| {
@@ -278,7 +399,7 @@ impl Bans {
             });
             bans.truncate(MAX_SAVED_BANS);
         }
-        bans.sort_by_key(|b| b.address);
+        bans.sort_by_key(|b| (b.address, b.prefix_len));
         SavedBans { bans }
     }
 
@@ -345,6 +466,13 @@ impl Bans {
         now: Instant,
     ) -> Result<UnauthGuard, Refusal> {
         let key = source_key(ip);
+        if self.prefix_banned(ip, now) {
+            self.metrics
+                .connections_refused
+                .with_label_values(&[Refusal::Banned.as_str()])
+                .inc();
+            return Err(Refusal::Banned);
+        }
         let mut map = self.lock();
         let e = map.entry(key).or_default();
         let refusal = if e.banned_at(now) {
@@ -374,11 +502,103 @@ impl Bans {
         })
     }
 
-    /// True when `ip` is banned now.
+    /// True when `ip` is banned now, by itself or by a prefix ban.
     pub fn is_banned(&self, ip: IpAddr, now: Instant) -> bool {
-        self.lock()
-            .get(&source_key(ip))
-            .is_some_and(|e| e.banned_at(now))
+        self.prefix_banned(ip, now)
+            || self
+                .lock()
+                .get(&source_key(ip))
+                .is_some_and(|e| e.banned_at(now))
+    }
+
+    /// True when a running prefix ban covers `ip`.
+    fn prefix_banned(&self, ip: IpAddr, now: Instant) -> bool {
+        let prefixes = self.prefixes.load();
+        if prefixes.is_empty() {
+            return false;
+        }
+        let ip = ip.to_canonical();
+        prefixes
+            .iter()
+            .any(|p| p.active(now) && p.net.contains(&ip))
+    }
+
+    /// Bans `target` by operator request, for `duration` or (with `None`) until removed.
+    ///
+    /// # Errors
+    /// [`MAX_PREFIX_BANS`] prefixes are banned already.
+    pub fn ban_target(
+        &self,
+        target: BanTarget,
+        duration: Option<Duration>,
+        now: Instant,
+    ) -> Result<(), String> {
+        let net = match target {
+            BanTarget::Source(ip) => {
+                self.ban(ip, duration, now);
+                return Ok(());
+            }
+            BanTarget::Prefix(net) => net,
+        };
+        let _one = self
+            .prefixes_writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut list = Vec::clone(&self.prefixes.load());
+        let ban = PrefixBan {
+            net,
+            until: duration.map(|d| now + d),
+        };
+        let full = list.len() >= MAX_PREFIX_BANS;
+        let was_banned = match list.iter_mut().find(|p| p.net == net) {
+            Some(p) => {
+                let was = p.active(now);
+                *p = ban;
+                was
+            }
+            None if full => {
+                return Err(format!(
+                    "{MAX_PREFIX_BANS} prefixes are banned already: remove some, or filter the traffic upstream"
+                ));
+            }
+            None => {
+                list.push(ban);
+                false
+            }
+        };
+        self.prefixes.store(Arc::new(list));
+        self.changed();
+        self.metrics.bans.with_label_values(&["manual"]).inc();
+        if !was_banned {
+            self.metrics.bans_active.inc();
+        }
+        tracing::warn!(prefix = %net, secs = duration.map(|d| d.as_secs()), "source prefix banned by the operator");
+        Ok(())
+    }
+
+    /// Lifts the operator's ban of `target` (a source's also clears its score). Returns false when
+    /// there was none (nor a score).
+    pub fn unban_target(&self, target: BanTarget, now: Instant) -> bool {
+        let net = match target {
+            BanTarget::Source(ip) => return self.unban(ip, now),
+            BanTarget::Prefix(net) => net,
+        };
+        let _one = self
+            .prefixes_writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut list = Vec::clone(&self.prefixes.load());
+        let Some(i) = list.iter().position(|p| p.net == net) else {
+            return false;
+        };
+        let was_banned = list.swap_remove(i).active(now);
+        self.prefixes.store(Arc::new(list));
+        self.changed();
+        if was_banned {
+            self.metrics.bans_active.dec();
+        }
+        tracing::info!(prefix = %net, "prefix ban lifted by the operator");
+        true
     }
 
     /// Adds a failed login of `ip` to its score; bans it when the score reaches
@@ -478,6 +698,7 @@ impl Bans {
                 let score = e.score_at(now, reset);
                 (banned || score > 0 || e.unauthenticated > 0).then(|| BanEntry {
                     address: *addr,
+                    prefix_len: None,
                     score,
                     banned,
                     ban_remaining_secs: match e.ban {
@@ -491,7 +712,30 @@ impl Bans {
                 })
             })
             .collect();
-        out.sort_by(|a, b| b.banned.cmp(&a.banned).then(a.address.cmp(&b.address)));
+        drop(map);
+        out.extend(
+            self.prefixes
+                .load()
+                .iter()
+                .filter(|p| p.active(now))
+                .map(|p| BanEntry {
+                    address: p.net.network(),
+                    prefix_len: Some(p.net.prefix_len()),
+                    score: 0,
+                    banned: true,
+                    ban_remaining_secs: p
+                        .until
+                        .map(|until| until.saturating_duration_since(now).as_secs().max(1)),
+                    manual: true,
+                    unauthenticated: 0,
+                }),
+        );
+        out.sort_by(|a, b| {
+            b.banned
+                .cmp(&a.banned)
+                .then(a.address.cmp(&b.address))
+                .then(a.prefix_len.cmp(&b.prefix_len))
+        });
         out
     }
 
@@ -516,9 +760,26 @@ impl Bans {
             }
             e.ban.is_some() || e.score > 0 || e.unauthenticated > 0
         });
-        let active = count_banned(&map, now);
+        let mut active = count_banned(&map, now);
         let room = map.len() <= self.target();
         drop(map);
+        if self.prefixes.load().iter().any(|p| !p.active(now)) {
+            let _one = self
+                .prefixes_writer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let mut list = Vec::clone(&self.prefixes.load());
+            list.retain(|p| {
+                let keep = p.active(now);
+                if !keep {
+                    tracing::info!(prefix = %p.net, "ban expired");
+                }
+                keep
+            });
+            self.prefixes.store(Arc::new(list));
+            expired = true;
+        }
+        active += count_active(&self.prefixes.load(), now);
         if expired {
             self.changed();
         }
@@ -581,6 +842,11 @@ fn unix_secs(t: SystemTime) -> u64 {
 
 fn count_banned(map: &HashMap<IpAddr, Entry>, now: Instant) -> i64 {
     let n = map.values().filter(|e| e.banned_at(now)).count();
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn count_active(prefixes: &[PrefixBan], now: Instant) -> i64 {
+    let n = prefixes.iter().filter(|p| p.active(now)).count();
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
@@ -932,6 +1198,130 @@ mod tests {
             1
         );
         assert_eq!(bans.metrics.ban_untracked_failures.get(), 2);
+    }
+
+    #[test]
+    fn ban_targets_parse_as_sources_or_prefixes() {
+        let t = |s: &str| s.parse::<BanTarget>();
+        assert_eq!(t("192.0.2.7"), Ok(BanTarget::Source(ip("192.0.2.7"))));
+        assert_eq!(t("192.0.2.7/32"), Ok(BanTarget::Source(ip("192.0.2.7"))));
+        assert_eq!(
+            t("2001:db8::5/64"),
+            Ok(BanTarget::Source(ip("2001:db8::5")))
+        );
+        assert_eq!(
+            t("192.0.2.77/24"),
+            Ok(BanTarget::Prefix("192.0.2.0/24".parse().unwrap()))
+        );
+        assert_eq!(
+            t("2001:db8:1:2::/48").map(|b| b.to_string()),
+            Ok("2001:db8:1::/48".to_owned())
+        );
+        for bad in [
+            "2001:db8::/80",
+            "0.0.0.0/0",
+            "::/0",
+            "192.0.2.1/33",
+            "example",
+        ] {
+            assert!(t(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_prefix_ban_refuses_every_source_in_it_until_lifted_or_ended() {
+        let bans = Bans::new(Metrics::new());
+        let now = Instant::now();
+        let p48: BanTarget = "2001:db8:1::/48".parse().unwrap();
+        let p24: BanTarget = "192.0.2.0/24".parse().unwrap();
+        bans.ban_target(p48, None, now).unwrap();
+        bans.ban_target(p24, Some(Duration::from_secs(30)), now)
+            .unwrap();
+        // Banning it again replaces its end: still one ban.
+        bans.ban_target(p24, Some(Duration::from_secs(60)), now)
+            .unwrap();
+        assert_eq!(bans.metrics.bans_active.get(), 2);
+        assert_eq!(
+            bans.admit(ip("2001:db8:1:ffff::1"), 0, now).unwrap_err(),
+            Refusal::Banned
+        );
+        assert!(bans.admit(ip("2001:db8:2::1"), 0, now).is_ok());
+        assert!(bans.is_banned(ip("::ffff:192.0.2.200"), now), "IPv4-mapped");
+        assert!(!bans.is_banned(ip("192.0.3.1"), now));
+        let listed = bans.list(&policy(), now);
+        let prefixes: Vec<_> = listed
+            .iter()
+            .filter_map(|e| {
+                e.prefix_len
+                    .map(|l| (e.address, l, e.ban_remaining_secs, e.manual))
+            })
+            .collect();
+        assert_eq!(
+            prefixes,
+            vec![
+                (ip("192.0.2.0"), 24, Some(60), true),
+                (ip("2001:db8:1::"), 48, None, true)
+            ]
+        );
+        // Lifting needs the prefix as banned, not an address in it.
+        assert!(!bans.unban_target(BanTarget::Source(ip("2001:db8:1::9")), now));
+        assert!(bans.unban_target(p48, now));
+        assert!(!bans.unban_target(p48, now));
+        assert!(!bans.is_banned(ip("2001:db8:1:ffff::1"), now));
+        assert_eq!(bans.metrics.bans_active.get(), 1);
+        let later = now + Duration::from_secs(61);
+        bans.sweep(&policy(), later);
+        assert!(!bans.is_banned(ip("192.0.2.200"), later));
+        assert!(bans.list(&policy(), later).is_empty());
+        assert_eq!(bans.metrics.bans_active.get(), 0);
+        assert_eq!(bans.metrics.bans.with_label_values(&["manual"]).get(), 3);
+    }
+
+    #[test]
+    fn prefix_bans_are_saved_restored_and_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(BANS_FILE);
+        let first = Bans::persistent(Metrics::new(), path.clone());
+        let now = Instant::now();
+        first
+            .ban_target("2001:db8:1::/48".parse().unwrap(), None, now)
+            .unwrap();
+        first
+            .ban_target(
+                "198.51.100.0/24".parse().unwrap(),
+                Some(Duration::from_secs(600)),
+                now,
+            )
+            .unwrap();
+        first.ban(ip("198.51.100.7"), None, now);
+        assert!(first.save().unwrap());
+
+        let second = Bans::persistent(Metrics::new(), path);
+        let now = Instant::now();
+        assert_eq!(second.metrics.bans_active.get(), 3);
+        assert!(second.is_banned(ip("2001:db8:1:5::1"), now));
+        assert!(second.is_banned(ip("198.51.100.99"), now));
+        let e = second
+            .list(&policy(), now)
+            .into_iter()
+            .find(|e| e.prefix_len == Some(24))
+            .unwrap();
+        assert!(matches!(e.ban_remaining_secs, Some(599..=601)), "{e:?}");
+        // The address banned inside the prefix is its own ban: lifting the prefix keeps it.
+        assert!(second.unban_target("198.51.100.0/24".parse().unwrap(), now));
+        assert!(second.is_banned(ip("198.51.100.7"), now));
+        assert!(!second.is_banned(ip("198.51.100.8"), now));
+
+        for i in 0..MAX_PREFIX_BANS - 1 {
+            let net = IpNet::new(ip(&format!("10.{}.{}.0", i / 256, i % 256)), 24).unwrap();
+            second
+                .ban_target(BanTarget::Prefix(net), None, now)
+                .unwrap();
+        }
+        let err = second
+            .ban_target("203.0.113.0/24".parse().unwrap(), None, now)
+            .unwrap_err();
+        assert!(err.contains("prefixes are banned already"), "{err}");
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! `tunnelctl`.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::ban::BanTarget;
 use crate::reload::{self, CertInfo, ReloadReport};
 use crate::server::Shared;
 use crate::sessions::{EndReason, Session};
@@ -51,18 +52,18 @@ pub enum Request {
     },
     /// Banned and scored source addresses: a list of [`BanEntry`](crate::ban::BanEntry).
     BanList,
-    /// Bans a source address: the resulting [`BanEntry`](crate::ban::BanEntry).
+    /// Bans a source address or prefix: the resulting [`BanEntry`](crate::ban::BanEntry).
     BanAdd {
-        /// The address (an IPv6 address bans its /64).
-        address: IpAddr,
+        /// The address (an IPv6 address bans its /64) or prefix (`ADDR/LEN`).
+        address: BanTarget,
         /// How long, in seconds; absent or 0 means until removed (saved bans outlive a restart).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         secs: Option<u64>,
     },
     /// Lifts a ban and forgets the address's failure score: `null`.
     BanRemove {
-        /// The address.
-        address: IpAddr,
+        /// The address or prefix, as it was banned.
+        address: BanTarget,
     },
     /// Reloads the configuration: [`ReloadReport`].
     Reload,
@@ -360,23 +361,25 @@ async fn dispatch(sh: &Arc<Shared>, req: Request) -> Reply {
         },
         Request::BanList => ok_reply(&sh.bans.list(&sh.config.load().ban, now)),
         Request::BanAdd { address, secs } => {
-            sh.bans.ban(
-                address,
-                secs.filter(|s| *s > 0).map(Duration::from_secs),
-                now,
-            );
+            let secs = secs.filter(|s| *s > 0).map(Duration::from_secs);
+            if let Err(e) = sh.bans.ban_target(address, secs, now) {
+                return error_reply(e);
+            }
             // Saved before the reply: a ban the operator was told about survives a crash.
             crate::daemon::save_bans(sh).await;
-            let key = crate::ban::source_key(address);
+            let (key, len) = match address {
+                BanTarget::Source(ip) => (crate::ban::source_key(ip), None),
+                BanTarget::Prefix(net) => (net.network(), Some(net.prefix_len())),
+            };
             let entry = sh
                 .bans
                 .list(&sh.config.load().ban, now)
                 .into_iter()
-                .find(|e| e.address == key);
+                .find(|e| e.address == key && e.prefix_len == len);
             ok_reply(&entry)
         }
         Request::BanRemove { address } => {
-            if sh.bans.unban(address, now) {
+            if sh.bans.unban_target(address, now) {
                 crate::daemon::save_bans(sh).await;
                 ok_reply(&())
             } else {
@@ -595,6 +598,15 @@ mod tests {
                 address: "192.0.2.1".parse().unwrap(),
                 secs: Some(60)
             }
+        );
+        let r: Request =
+            serde_json::from_str(r#"{"cmd":"ban_remove","address":"2001:db8:7::/48"}"#).unwrap();
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"cmd":"ban_remove","address":"2001:db8:7::/48"}"#
+        );
+        assert!(
+            serde_json::from_str::<Request>(r#"{"cmd":"ban_add","address":"10.0.0.0/0"}"#).is_err()
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"format_disk"}"#).is_err());
     }

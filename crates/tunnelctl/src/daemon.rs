@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use tunnel_gateway::ban::BanEntry;
+use tunnel_gateway::ban::{BanEntry, BanTarget};
 use tunnel_gateway::config::Config;
 use tunnel_gateway::control::{self, Disconnected, Request, SessionInfo, StatusInfo};
 use tunnel_gateway::reload::ReloadReport;
@@ -39,19 +39,20 @@ pub(crate) enum BanCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Ban a source address (an IPv6 address bans its /64). The ban is saved in
-    /// `server.state_dir` before this answers, so it outlives a restart.
+    /// Ban a source address (an IPv6 address bans its /64) or a whole prefix (ADDR/LEN, e.g.
+    /// an attacker's IPv6 /48). The ban is saved in `server.state_dir` before this answers, so
+    /// it outlives a restart.
     Add {
-        /// The address.
-        address: IpAddr,
+        /// The address, or ADDR/LEN.
+        address: BanTarget,
         /// How long, in seconds; default: until removed.
         #[arg(long, value_name = "SECS")]
         secs: Option<u64>,
     },
     /// Lift a ban and forget the address's failure score.
     Remove {
-        /// The address.
-        address: IpAddr,
+        /// The address, or ADDR/LEN as it was banned.
+        address: BanTarget,
     },
 }
 
@@ -285,11 +286,12 @@ pub(crate) fn disconnect(socket: &Path, args: &DisconnectArgs) -> Result<()> {
     Ok(())
 }
 
-/// An IPv4 address as is; an IPv6 key as the /64 it stands for.
-fn source(addr: IpAddr) -> String {
-    match addr {
-        IpAddr::V4(a) => a.to_string(),
-        IpAddr::V6(a) => format!("{a}/64"),
+/// A prefix ban as ADDR/LEN; an IPv4 source as is; an IPv6 source as the /64 it stands for.
+fn source(e: &BanEntry) -> String {
+    match (e.prefix_len, e.address) {
+        (Some(len), a) => format!("{a}/{len}"),
+        (None, IpAddr::V4(a)) => a.to_string(),
+        (None, IpAddr::V6(a)) => format!("{a}/64"),
     }
 }
 
@@ -320,7 +322,7 @@ pub(crate) fn ban(socket: &Path, cmd: BanCommand) -> Result<()> {
                 .to_vec()];
             for e in &list {
                 rows.push(vec![
-                    source(e.address),
+                    source(e),
                     ban_state(e),
                     e.score.to_string(),
                     e.unauthenticated.to_string(),
@@ -331,7 +333,7 @@ pub(crate) fn ban(socket: &Path, cmd: BanCommand) -> Result<()> {
         BanCommand::Add { address, secs } => {
             let e: Option<BanEntry> = call(socket, &Request::BanAdd { address, secs })?;
             match e {
-                Some(e) => println!("{}: {}", source(e.address), ban_state(&e)),
+                Some(e) => println!("{}: {}", source(&e), ban_state(&e)),
                 None => println!("{address}: banned"),
             }
         }
