@@ -365,33 +365,17 @@ impl Bans {
             .map(|(addr, e)| SavedBan {
                 address: *addr,
                 prefix_len: None,
-                // Rounded up, so a restored ban never ends early.
-                until_unix_secs: e.ban.flatten().map(|until| {
-                    let left = until.saturating_duration_since(now);
-                    wall_secs + left.as_secs() + u64::from(left.subsec_nanos() > 0)
-                }),
+                until_unix_secs: e.ban.flatten().map(|t| wall_end(t, now, wall_secs)),
                 manual: e.manual,
             })
             .collect();
         drop(map);
-        let until_secs = |until: Option<Instant>| {
-            until.map(|until| {
-                let left = until.saturating_duration_since(now);
-                wall_secs + left.as_secs() + u64::from(left.subsec_nanos() > 0)
-            })
-        };
-        bans.extend(
-            self.prefixes
-                .load()
-                .iter()
-                .filter(|p| p.active(now))
-                .map(|p| SavedBan {
-                    address: p.net.network(),
-                    prefix_len: Some(p.net.prefix_len()),
-                    until_unix_secs: until_secs(p.until),
-                    manual: true,
-                }),
-        );
+        bans.extend(self.running_prefixes(now).into_iter().map(|p| SavedBan {
+            address: p.net.network(),
+            prefix_len: Some(p.net.prefix_len()),
+            until_unix_secs: p.until.map(|t| wall_end(t, now, wall_secs)),
+            manual: true,
+        }));
         if bans.len() > MAX_SAVED_BANS {
             // Manual first, then the latest end (until removed counts as the latest).
             bans.sort_by_key(|b| {
@@ -523,6 +507,29 @@ impl Bans {
             .any(|p| p.active(now) && p.net.contains(&ip))
     }
 
+    /// The prefix bans running at `now`.
+    fn running_prefixes(&self, now: Instant) -> Vec<PrefixBan> {
+        self.prefixes
+            .load()
+            .iter()
+            .filter(|p| p.active(now))
+            .copied()
+            .collect()
+    }
+
+    /// Applies `f` to a copy of the prefix bans and publishes the result (one writer at a time;
+    /// readers keep the list they loaded).
+    fn update_prefixes<R>(&self, f: impl FnOnce(&mut Vec<PrefixBan>) -> R) -> R {
+        let _one = self
+            .prefixes_writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut list = Vec::clone(&self.prefixes.load());
+        let r = f(&mut list);
+        self.prefixes.store(Arc::new(list));
+        r
+    }
+
     /// Bans `target` by operator request, for `duration` or (with `None`) until removed.
     ///
     /// # Errors
@@ -540,33 +547,23 @@ impl Bans {
             }
             BanTarget::Prefix(net) => net,
         };
-        let _one = self
-            .prefixes_writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut list = Vec::clone(&self.prefixes.load());
         let ban = PrefixBan {
             net,
             until: duration.map(|d| now + d),
         };
-        let full = list.len() >= MAX_PREFIX_BANS;
-        let was_banned = match list.iter_mut().find(|p| p.net == net) {
-            Some(p) => {
-                let was = p.active(now);
-                *p = ban;
-                was
-            }
-            None if full => {
-                return Err(format!(
+        let was_banned = self.update_prefixes(|list| {
+            let full = list.len() >= MAX_PREFIX_BANS;
+            match list.iter_mut().find(|p| p.net == net) {
+                Some(p) => Ok(std::mem::replace(p, ban).active(now)),
+                None if full => Err(format!(
                     "{MAX_PREFIX_BANS} prefixes are banned already: remove some, or filter the traffic upstream"
-                ));
+                )),
+                None => {
+                    list.push(ban);
+                    Ok(false)
+                }
             }
-            None => {
-                list.push(ban);
-                false
-            }
-        };
-        self.prefixes.store(Arc::new(list));
+        })?;
         self.changed();
         self.metrics.bans.with_label_values(&["manual"]).inc();
         if !was_banned {
@@ -583,16 +580,12 @@ impl Bans {
             BanTarget::Source(ip) => return self.unban(ip, now),
             BanTarget::Prefix(net) => net,
         };
-        let _one = self
-            .prefixes_writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut list = Vec::clone(&self.prefixes.load());
-        let Some(i) = list.iter().position(|p| p.net == net) else {
+        let Some(was_banned) = self.update_prefixes(|list| {
+            let i = list.iter().position(|p| p.net == net)?;
+            Some(list.swap_remove(i).active(now))
+        }) else {
             return false;
         };
-        let was_banned = list.swap_remove(i).active(now);
-        self.prefixes.store(Arc::new(list));
         self.changed();
         if was_banned {
             self.metrics.bans_active.dec();
@@ -713,23 +706,19 @@ impl Bans {
             })
             .collect();
         drop(map);
-        out.extend(
-            self.prefixes
-                .load()
-                .iter()
-                .filter(|p| p.active(now))
-                .map(|p| BanEntry {
-                    address: p.net.network(),
-                    prefix_len: Some(p.net.prefix_len()),
-                    score: 0,
-                    banned: true,
-                    ban_remaining_secs: p
-                        .until
-                        .map(|until| until.saturating_duration_since(now).as_secs().max(1)),
-                    manual: true,
-                    unauthenticated: 0,
-                }),
-        );
+        out.extend(self.running_prefixes(now).into_iter().map(|p| {
+            BanEntry {
+                address: p.net.network(),
+                prefix_len: Some(p.net.prefix_len()),
+                score: 0,
+                banned: true,
+                ban_remaining_secs: p
+                    .until
+                    .map(|until| until.saturating_duration_since(now).as_secs().max(1)),
+                manual: true,
+                unauthenticated: 0,
+            }
+        }));
         out.sort_by(|a, b| {
             b.banned
                 .cmp(&a.banned)
@@ -764,19 +753,15 @@ impl Bans {
         let room = map.len() <= self.target();
         drop(map);
         if self.prefixes.load().iter().any(|p| !p.active(now)) {
-            let _one = self
-                .prefixes_writer
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let mut list = Vec::clone(&self.prefixes.load());
-            list.retain(|p| {
-                let keep = p.active(now);
-                if !keep {
-                    tracing::info!(prefix = %p.net, "ban expired");
-                }
-                keep
+            self.update_prefixes(|list| {
+                list.retain(|p| {
+                    let keep = p.active(now);
+                    if !keep {
+                        tracing::info!(prefix = %p.net, "ban expired");
+                    }
+                    keep
+                });
             });
-            self.prefixes.store(Arc::new(list));
             expired = true;
         }
         active += count_active(&self.prefixes.load(), now);
@@ -838,6 +823,13 @@ impl Bans {
 
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The wall-clock second (Unix) at which a ban ending at `until` ends, `now` being `wall_secs`;
+/// rounded up, so a restored ban never ends early.
+fn wall_end(until: Instant, now: Instant, wall_secs: u64) -> u64 {
+    let left = until.saturating_duration_since(now);
+    wall_secs + left.as_secs() + u64::from(left.subsec_nanos() > 0)
 }
 
 fn count_banned(map: &HashMap<IpAddr, Entry>, now: Instant) -> i64 {
