@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use e2e::bench::{add_source_addresses, run_bench, Login};
-use e2e::{Gateway, GatewayConfig, Topology, CORP_ADDR};
+use e2e::{wait_until, Gateway, GatewayConfig, Topology, CORP_ADDR};
 
 const USER: &str = "bench";
 const PASSWORD: &str = "bench-pw";
@@ -107,8 +107,41 @@ fn threads_read_their_sessions_replies_from_their_own_tun_queues() -> Result<()>
     let gw = Gateway::start(&topo, two_threads())?;
     let pid = gw.pid().context("tunneld pid")?;
     let args = hold_args(&topo)?;
-    let run = run_hold(&topo, &gw, &args)?;
+    let per_thread = |gw: &Gateway| -> Result<[f64; 2]> {
+        Ok([
+            gw.metric_or_zero("tunneld_thread_tunnels", &[("thread", "0")])?,
+            gw.metric_or_zero("tunneld_thread_tunnels", &[("thread", "1")])?,
+        ])
+    };
+    let run = thread::scope(|s| -> Result<e2e::bench::BenchRun> {
+        let hold = s.spawn(|| run_hold(&topo, &gw, &args));
+        // While the sessions hold: each thread carries the connections it accepted (the kernel
+        // spreads 200 over two listeners; all on one would be a 2^-199 chance), and status says
+        // the same.
+        let seen = wait_until(
+            Duration::from_secs(30),
+            "200 tunnels over the two threads",
+            || Ok(per_thread(&gw)?.iter().sum::<f64>() == 200.0),
+        )
+        .and_then(|()| {
+            let [a, b] = per_thread(&gw)?;
+            ensure!(a > 0.0 && b > 0.0, "tunnels per thread: {a} / {b}");
+            let status = gw.tunnelctl_json(&["status"])?;
+            let listed: Vec<u64> = serde_json::from_value(status["tunnels_per_thread"].clone())?;
+            ensure!(
+                listed.iter().sum::<u64>() == 200 && listed.len() == 2,
+                "status: {listed:?}"
+            );
+            Ok(())
+        });
+        let run = hold
+            .join()
+            .map_err(|_| anyhow::anyhow!("the hold thread panicked"))??;
+        seen.with_context(|| run.output.to_string())?;
+        Ok(run)
+    })?;
     check_hold(&run)?;
+    ensure!(per_thread(&gw)? == [0.0, 0.0], "tunnels left after logout");
     // The main runtime's queue plus one per thread.
     let queues = tun_queues(pid, "tg0")?;
     ensure!(queues == 3, "expected 3 TUN queues open, found {queues}");

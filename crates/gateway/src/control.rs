@@ -116,6 +116,10 @@ pub struct StatusInfo {
     pub tun: String,
     /// Data-plane threads, each with its own TUN queue.
     pub threads: usize,
+    /// Live tunnel connections on each data-plane thread, in thread order: a connection stays on
+    /// the thread that accepted it, so this shows how evenly the kernel spread them.
+    #[serde(default)]
+    pub tunnels_per_thread: Vec<u64>,
     /// How downstream packets find their session's thread: `address` (the steering program reads
     /// the destination) or `flow` (the TUN driver's flow table; the program could not be loaded).
     pub tun_steering: String,
@@ -410,6 +414,13 @@ fn status(sh: &Shared) -> StatusInfo {
         config_file: sh.reload.config_path().map(Path::to_owned),
         tun: cfg.network.tun_name.clone(),
         threads: sh.threads,
+        tunnels_per_thread: (0..sh.threads)
+            .map(|i| {
+                let label = crate::tunnel::thread_label(u16::try_from(i).unwrap_or(u16::MAX));
+                u64::try_from(sh.metrics.thread_tunnels.with_label_values(&[&label]).get())
+                    .unwrap_or(0)
+            })
+            .collect(),
         tun_steering: if sh.steering.get().is_some() {
             "address"
         } else {

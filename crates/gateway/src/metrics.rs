@@ -132,6 +132,8 @@ pub struct Metrics {
     registry: Registry,
     /// Live tunnel connections, by transport (`cstp`; `dtls` once DTLS is up).
     pub sessions_active: IntGaugeVec,
+    /// Live tunnel connections per data-plane thread (`0`, `1`, ...; `main`: the main runtime).
+    pub thread_tunnels: IntGaugeVec,
     /// Sessions started (a successful first CONNECT).
     pub sessions_started: IntCounter,
     /// Sessions ended, by reason.
@@ -237,6 +239,12 @@ impl Metrics {
             "tunneld_sessions_active",
             "Live tunnel connections.",
             &["transport"],
+        );
+        let thread_tunnels = gauge_vec(
+            "tunneld_thread_tunnels",
+            "Live tunnel connections carried by each data-plane thread (a connection stays on the \
+             thread that accepted it).",
+            &["thread"],
         );
         let sessions_started = counter("tunneld_sessions_started_total", "Sessions started.");
         let sessions_ended = counter_vec(
@@ -419,6 +427,7 @@ impl Metrics {
         Self {
             registry,
             sessions_active,
+            thread_tunnels,
             sessions_started,
             sessions_ended,
             auth_successes,

@@ -309,6 +309,11 @@ pub(crate) async fn run(sh: Arc<Shared>, conn: Box<Connected>, peer: SocketAddr)
         sh.metrics.dtls_bytes.with_label_values(&["down"]),
     );
     active_cstp.inc();
+    let on_thread = sh
+        .metrics
+        .thread_tunnels
+        .with_label_values(&[&thread_label(route.thread)]);
+    on_thread.inc();
     let mut on_dtls = false;
     let mut up_batch: Vec<Bytes> = Vec::new();
     // Every frame is one record: rustls must accept each whole frame without splitting it, so the
@@ -577,6 +582,7 @@ pub(crate) async fn run(sh: Arc<Shared>, conn: Box<Connected>, peer: SocketAddr)
     } else {
         active_cstp.dec();
     }
+    on_thread.dec();
     // Unregisters the App-ID and unbinds the UDP peers.
     drop(dtls);
     sh.table.remove_if(assigned.index, &route);
@@ -606,4 +612,13 @@ pub(crate) async fn run(sh: Arc<Shared>, conn: Box<Connected>, peer: SocketAddr)
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
+}
+
+/// The `thread` label of [`crate::metrics::Metrics::thread_tunnels`] for a data-plane thread index.
+pub(crate) fn thread_label(thread: u16) -> String {
+    if thread == crate::dataplane::NO_THREAD {
+        "main".to_owned()
+    } else {
+        thread.to_string()
+    }
 }

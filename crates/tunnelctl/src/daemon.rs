@@ -190,6 +190,10 @@ pub(crate) fn status(socket: &Path, json: bool) -> Result<()> {
         );
     }
     println!("sessions:    {} ({} connected)", s.sessions, s.connected);
+    if s.tunnels_per_thread.len() > 1 {
+        let per: Vec<String> = s.tunnels_per_thread.iter().map(u64::to_string).collect();
+        println!("per thread:  {} connections", per.join(" / "));
+    }
     println!(
         "pool:        {pool}: {} of {} addresses in use",
         s.pool.in_use, s.pool.size
