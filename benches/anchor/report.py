@@ -566,6 +566,10 @@ def main():
         p("  through tunneld against 0.076-0.099 ms through ocserv, and used 40-50 µs of tunneld's")
         p("  CPU per ping (ocserv about 20); one every 10 ms averaged 0.32-0.35 against 0.24-0.25 ms, and CPU per")
         p("  ping rose to 160-180 µs for tunneld and about 100 µs for ocserv (all its processes).")
+        p("  Not system calls: strace of a ping counts 7 for either server over TLS, and over DTLS 8")
+        p("  for tunneld (since 3006ca4 a session's own UDP socket no longer wakes its thread for")
+        p("  writability after each send) against 6 for ocserv; `perf stat` over 2,000 pings at one")
+        p("  per 10 ms gave about 150 µs of task-clock per ping for tunneld and 95 µs for ocserv.")
     moved = theirs.get("storm_moved")
     if moved:
         p(f"* **ocserv and immediate reconnects.** In the storm, ocserv handed {fmt(moved, 0)} of {fmt(theirs.get('storm_n'), 0)} sessions a")
