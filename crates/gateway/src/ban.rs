@@ -695,9 +695,7 @@ impl Bans {
                     score,
                     banned,
                     ban_remaining_secs: match e.ban {
-                        Some(Some(until)) if banned => {
-                            Some(until.saturating_duration_since(now).as_secs().max(1))
-                        }
+                        Some(Some(until)) if banned => Some(secs_left(until, now)),
                         _ => None,
                     },
                     manual: banned && e.manual,
@@ -706,18 +704,14 @@ impl Bans {
             })
             .collect();
         drop(map);
-        out.extend(self.running_prefixes(now).into_iter().map(|p| {
-            BanEntry {
-                address: p.net.network(),
-                prefix_len: Some(p.net.prefix_len()),
-                score: 0,
-                banned: true,
-                ban_remaining_secs: p
-                    .until
-                    .map(|until| until.saturating_duration_since(now).as_secs().max(1)),
-                manual: true,
-                unauthenticated: 0,
-            }
+        out.extend(self.running_prefixes(now).into_iter().map(|p| BanEntry {
+            address: p.net.network(),
+            prefix_len: Some(p.net.prefix_len()),
+            score: 0,
+            banned: true,
+            ban_remaining_secs: p.until.map(|until| secs_left(until, now)),
+            manual: true,
+            unauthenticated: 0,
         }));
         out.sort_by(|a, b| {
             b.banned
@@ -835,6 +829,11 @@ fn wall_end(until: Instant, now: Instant, wall_secs: u64) -> u64 {
 fn count_banned(map: &HashMap<IpAddr, Entry>, now: Instant) -> i64 {
     let n = map.values().filter(|e| e.banned_at(now)).count();
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Whole seconds left of a ban ending at `until`, at least 1 while it runs.
+fn secs_left(until: Instant, now: Instant) -> u64 {
+    until.saturating_duration_since(now).as_secs().max(1)
 }
 
 fn count_active(prefixes: &[PrefixBan], now: Instant) -> i64 {

@@ -416,9 +416,11 @@ fn status(sh: &Shared) -> StatusInfo {
         threads: sh.threads,
         tunnels_per_thread: (0..sh.threads)
             .map(|i| {
-                let label = crate::tunnel::thread_label(u16::try_from(i).unwrap_or(u16::MAX));
-                u64::try_from(sh.metrics.thread_tunnels.with_label_values(&[&label]).get())
-                    .unwrap_or(0)
+                let gauge = sh
+                    .metrics
+                    .thread_tunnels
+                    .with_label_values(&[&i.to_string()]);
+                u64::try_from(gauge.get()).unwrap_or(0)
             })
             .collect(),
         tun_steering: if sh.steering.get().is_some() {
