@@ -36,6 +36,79 @@ fn json_lines(gw: &Gateway, msg: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The `process_*` series agree with what /proc says of the daemon (`pid`): its open-files limit
+/// exactly, its open files within the scrape's own connection, its resident memory within a
+/// tenth, its CPU time between two readings taken around the scrape. Returns `process_open_fds`.
+fn process_metrics_match_proc(gw: &Gateway, pid: u32) -> Result<f64> {
+    let ticks = |pid: u32| -> Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        let f: Vec<&str> = stat[stat.rfind(')').context("stat")? + 1..]
+            .split_whitespace()
+            .collect();
+        // utime and stime, in USER_HZ ticks (100 a second on Linux).
+        Ok((f[11].parse::<u64>()? + f[12].parse::<u64>()?) as f64 / 100.0)
+    };
+    let cpu_before = ticks(pid)?;
+    let text = gw.metrics()?;
+    let cpu_after = ticks(pid)?;
+    let fds_now = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as f64;
+    let get =
+        |name: &str| e2e::metric_value(&text, name, &[]).with_context(|| format!("no {name}"));
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let max_files: f64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .context("Max open files")?
+        .parse()?;
+    ensure!(
+        get("process_max_fds")? == max_files,
+        "process_max_fds vs {max_files}"
+    );
+    let fds = get("process_open_fds")?;
+    ensure!(
+        (fds - fds_now).abs() <= 1.0,
+        "process_open_fds {fds}, /proc/{pid}/fd lists {fds_now} (the scrape's connection may differ)"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .context("VmRSS")?
+        .parse()?;
+    let rss = get("process_resident_memory_bytes")?;
+    ensure!(
+        (rss / 1024.0 - rss_kib).abs() <= rss_kib / 10.0,
+        "process_resident_memory_bytes {rss}, VmRSS {rss_kib} KiB"
+    );
+    ensure!(
+        rss <= get("process_virtual_memory_bytes")?,
+        "rss above vsize"
+    );
+    let cpu = get("process_cpu_seconds_total")?;
+    ensure!(
+        cpu >= cpu_before && cpu <= cpu_after && cpu > 0.0,
+        "process_cpu_seconds_total {cpu}, /proc says {cpu_before} then {cpu_after}"
+    );
+    let threads = get("process_threads")?;
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))?.count() as f64;
+    // Tokio's blocking threads (password checks) come and go between the two readings.
+    ensure!(
+        threads >= 2.0 && (threads - tasks).abs() <= 2.0,
+        "process_threads {threads}, /proc lists {tasks}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    let start = get("process_start_time_seconds")?;
+    ensure!(
+        start <= now && start > now - 600.0,
+        "process_start_time_seconds {start}, now {now}"
+    );
+    Ok(fds)
+}
+
 #[test]
 fn metrics_follow_sessions_and_traffic_and_pass_promtool() -> Result<()> {
     let topo = Topology::new()
@@ -79,6 +152,8 @@ fn metrics_follow_sessions_and_traffic_and_pass_promtool() -> Result<()> {
     }
     ensure!(gw.admin_get("/healthz")?.status == 200, "/healthz");
     ensure!(gw.admin_get("/readyz")?.status == 200, "/readyz at rest");
+    let pid = gw.pid().context("tunneld pid")?;
+    let fds_at_rest = process_metrics_match_proc(&gw, pid)?;
 
     // A wrong password is counted by reason.
     let bad = e2e::authenticate(&topo, &gw, "dev", "alice", "wrong")?;
@@ -110,6 +185,12 @@ fn metrics_follow_sessions_and_traffic_and_pass_promtool() -> Result<()> {
         WAIT,
     )?;
     gw.wait_metric("tunneld_pool_addresses_in_use", &[], 2.0, WAIT)?;
+    // Each session's TLS connection is an open file of the daemon.
+    let fds = process_metrics_match_proc(&gw, pid)?;
+    ensure!(
+        fds >= fds_at_rest + 2.0,
+        "process_open_fds {fds_at_rest} at rest, {fds} with two sessions"
+    );
     ensure!(
         gw.metric("tunneld_sessions_started_total", &[])? == 2.0,
         "started"

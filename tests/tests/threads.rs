@@ -263,6 +263,26 @@ fn private_file_tables_carry_sessions_outside_the_main_table() -> Result<()> {
             own.iter().sum::<usize>() >= 200,
             "the threads' tables hold {own:?} descriptors, main {main}: {tables:?}"
         );
+        // The metrics count each table: the main one in process_open_fds, each thread's in
+        // tunneld_thread_open_files (read a moment apart from /proc: a few may differ).
+        let text = gw.metrics()?;
+        let near = |metric: Option<f64>, want: usize| {
+            metric.is_some_and(|m| (m - want as f64).abs() <= 4.0)
+        };
+        let open = e2e::metric_value(&text, "process_open_fds", &[]);
+        ensure!(
+            near(open, main),
+            "process_open_fds {open:?}, main table {main}"
+        );
+        for ((name, _), n) in &tables {
+            if let Some(t) = name.strip_prefix("tunneld-dp-") {
+                let m = e2e::metric_value(&text, "tunneld_thread_open_files", &[("thread", t)]);
+                ensure!(
+                    near(m, *n),
+                    "tunneld_thread_open_files{{thread={t}}} {m:?}, /proc {n}"
+                );
+            }
+        }
         bench
             .join()
             .map_err(|_| anyhow::anyhow!("bench thread panicked"))?

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod packet;
 pub mod pool;
 pub mod privdrop;
+pub mod procmetrics;
 pub mod readiness;
 pub mod reload;
 pub mod server;

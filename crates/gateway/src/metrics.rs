@@ -199,6 +199,8 @@ pub struct Metrics {
     /// Times a data-plane thread slept before parking to take arriving packets in one batch
     /// (`server.rx_coalesce_usecs`, see [`crate::coalesce`]).
     pub rx_coalesce_naps: IntCounter,
+    /// The `process_*` metrics (CPU, memory, threads, open files), read at each scrape.
+    pub process: crate::procmetrics::ProcessCollector,
 }
 
 impl Metrics {
@@ -420,6 +422,10 @@ impl Metrics {
             .register(Box::new(rx_coalesce_naps.clone()))
             .expect("unique metric name");
         let drop_handles = DropReason::ALL.map(|r| drops.with_label_values(&[r.as_str()]));
+        let process = crate::procmetrics::ProcessCollector::new();
+        registry
+            .register(Box::new(process.clone()))
+            .expect("unique metric name");
         let up_packets = packets.with_label_values(&["up"]);
         let down_packets = packets.with_label_values(&["down"]);
         let up_bytes = bytes.with_label_values(&["up"]);
@@ -463,6 +469,7 @@ impl Metrics {
             downstream_handoffs,
             steering_updates,
             rx_coalesce_naps,
+            process,
         }
     }
 

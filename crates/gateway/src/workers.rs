@@ -257,6 +257,7 @@ fn run_thread(
             let _ = ready.send(Err(WorkerError::Unshare { thread, source }));
             return;
         }
+        shared.metrics.process.add_thread_table(thread);
     }
     let (listener, bound) = match rt.block_on(async {
         let l = bind_reuseport(addr)?;
