@@ -643,6 +643,22 @@ def main():
     p("`tunnel-bench --help` lists every option; `--json FILE` writes the full report, `--check` exits")
     p("non-zero unless every session came up and every probe was answered (what CI's smoke test checks")
     p("at 200 sessions, never timing).")
+    p()
+    p("To size a fleet on your own hardware, run the harness from a separate load-generator host")
+    p("(so that it does not share the server's cores) against a staging tunneld whose")
+    p("`metrics.listen` it can reach, and read the server's CPU and memory from its `process_*`")
+    p("metrics instead of /proc:")
+    p()
+    p("```sh")
+    p("tunnel-bench connect    --server GW:443 --pin pin-sha256:... --user bench -n 10000 -c 64 \\")
+    p("    --server-metrics http://GW:9477/metrics   # setups per server CPU-second, RSS per session")
+    p("tunnel-bench throughput --server GW:443 ... -n 100 --duration 30 --target HOST \\")
+    p("    --server-metrics http://GW:9477/metrics   # server cores per Gbit/s")
+    p("```")
+    p()
+    p("Then scale the sizing guide above with your numbers: sessions per GiB from the RSS per")
+    p("session (RSS counts a little more than the PSS used here), devices per core from the cores")
+    p("per Gbit/s and your devices' busy-hour traffic, re-login time from the setups per CPU-second.")
 
 
 if __name__ == "__main__":

@@ -96,6 +96,74 @@ fn rust_client_sessions_come_up_and_each_one_round_trips_a_ping() -> Result<()> 
     Ok(())
 }
 
+/// An operator measuring a server on another host reads its CPU and memory from its metrics
+/// listener (`--server-metrics`) instead of /proc: here the harness runs in the device namespace,
+/// where the daemon's /proc entry means nothing to it, and reaches the listener over the network.
+#[test]
+fn the_server_is_measured_through_its_metrics_endpoint() -> Result<()> {
+    let topo = Topology::standard()?;
+    let listen = format!("{}:9477", e2e::topology::GW_DEVICE_ADDR);
+    let gw = Gateway::start(
+        &topo,
+        GatewayConfig::new()
+            .user(USER, PASSWORD)
+            .set("metrics.listen", listen.as_str()),
+    )?;
+    let sources = add_source_addresses(&topo, "dev", 100, 4)?;
+    let url = format!("http://{listen}/metrics");
+    let run = bench(&topo, &gw, &sources, "connect", &["--server-metrics", &url])?;
+    ensure_all_up(&run)?;
+    let before = run.num("/server/before/cpu_s");
+    let after = run.num("/server/after_connect/cpu_s");
+    // 200 password checks (SHA-512 crypt, 5,000 rounds) and TLS handshakes: tens of ms at least.
+    ensure!(
+        before > 0.0 && after - before >= 0.05,
+        "server CPU {before} s before, {after} s after 200 logins: {}",
+        run.output
+    );
+    ensure!(
+        run.num("/server/setups_per_cpu_s") > 0.0,
+        "no setup rate: {}",
+        run.output
+    );
+    let rss = run.num("/server/rss_per_session_kib");
+    ensure!(
+        rss > 0.0 && rss < 256.0,
+        "RSS per session {rss} KiB: {}",
+        run.output
+    );
+    ensure!(
+        run.report["server"]["pss_per_session_kib"].is_null(),
+        "a PSS from a metrics endpoint: {}",
+        run.output
+    );
+    // A wrong URL is a clear error before any session is opened.
+    let bin = e2e::gateway::tunnel_bench_bin()?;
+    let mut cmd = topo.command_in("dev", &bin.display().to_string())?;
+    cmd.args([
+        "connect",
+        "--server",
+        gw.listen(),
+        "--pin",
+        gw.pin(),
+        "--user",
+        USER,
+    ])
+    .args(["--sessions", "5", "--quiet", "--server-metrics"])
+    .arg(format!("http://{listen}/nothing"))
+    .env("TUNNEL_BENCH_PASSWORD", PASSWORD);
+    let bad = e2e::process::run(&mut cmd, None, TIMEOUT)?;
+    ensure!(
+        !bad.success() && bad.stderr.contains("/nothing: HTTP 404"),
+        "a 404 metrics URL: {bad}"
+    );
+    ensure!(
+        gw.metric("tunneld_sessions_started_total", &[])? == 200.0,
+        "sessions were opened despite the bad URL"
+    );
+    Ok(())
+}
+
 #[test]
 fn rust_client_sessions_log_in_with_client_certificates() -> Result<()> {
     const CERT_USERS: u32 = 20;

@@ -204,6 +204,11 @@ struct Common {
     /// The server's pid: report its (and its children's) memory and CPU from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// The server's metrics endpoint, for a server on another host: report its memory (RSS) and
+    /// CPU from the `process_*` metrics that tunneld serves on `metrics.listen`, e.g.
+    /// http://10.0.0.5:9477/metrics (the listener binds to loopback unless configured otherwise).
+    #[arg(long, value_name = "URL", conflicts_with = "server_pid", value_parser = procstat::Probe::metrics_url)]
+    server_metrics: Option<procstat::Probe>,
     /// A name for the server in the report (e.g. tunneld, ocserv).
     #[arg(long, default_value = "server")]
     label: String,

@@ -121,10 +121,20 @@ pub(crate) fn run(
     let exe = std::env::current_exe().context("finding the tunnel-bench executable")?;
     let (tx, rx) = mpsc::channel::<(usize, Option<Msg>)>();
     let mut workers = Vec::with_capacity(shares.len());
-    let before = c.server_pid.and_then(procstat::sample);
-    if c.server_pid.is_some() && before.is_none() {
-        bail!("--server-pid {:?}: no such process", c.server_pid);
-    }
+    let probe = c
+        .server_pid
+        .map(procstat::Probe::Pid)
+        .or_else(|| c.server_metrics.clone());
+    let read = |probe: &procstat::Probe| {
+        probe
+            .read()
+            .map_err(|e| eprintln!("tunnel-bench: {e}"))
+            .ok()
+    };
+    let before = match &probe {
+        Some(p) => Some(p.read().map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     for (i, (first, count)) in shares.iter().enumerate() {
         let spec = WorkerSpec {
             worker: i as u32,
@@ -215,7 +225,7 @@ pub(crate) fn run(
     }
     let connect_wall = started.elapsed();
     pb.finish_and_clear();
-    let after_connect = c.server_pid.and_then(procstat::sample);
+    let after_connect = probe.as_ref().and_then(read);
     let connect: Vec<ConnectReport> = ready.into_iter().flatten().collect();
 
     let mut action_report = None;
@@ -253,7 +263,7 @@ pub(crate) fn run(
         })?;
         action_wall = t.elapsed();
         pb.finish_and_clear();
-        after_action = c.server_pid.and_then(procstat::sample);
+        after_action = probe.as_ref().and_then(read);
         action_report = Some(done);
     }
 

@@ -49,8 +49,9 @@ pub(crate) struct ServerSummary {
     after_action: Option<ServerSample>,
     /// (RSS after connect - before) / sessions up.
     rss_per_session_kib: f64,
-    /// (PSS after connect - before) / sessions up.
-    pss_per_session_kib: f64,
+    /// (PSS after connect - before) / sessions up; null when read from a metrics endpoint
+    /// (`--server-metrics`), which exports no PSS.
+    pss_per_session_kib: Option<f64>,
     /// Server CPU seconds during the connect phase.
     connect_cpu_s: f64,
     /// Sessions set up per server CPU second (setups per second per core).
@@ -377,7 +378,8 @@ impl Report {
                 after_connect: samples.after_connect,
                 after_action: samples.after_action,
                 rss_per_session_kib: per(samples.after_connect, |s| s.rss_kib),
-                pss_per_session_kib: per(samples.after_connect, |s| s.pss_kib),
+                pss_per_session_kib: (before.pss_kib > 0)
+                    .then(|| per(samples.after_connect, |s| s.pss_kib)),
                 connect_cpu_s: connect_cpu,
                 setups_per_cpu_s: if connect_cpu > 0.0 {
                     up as f64 / connect_cpu
@@ -468,12 +470,14 @@ impl Report {
         if let Some(s) = &self.server {
             row(
                 "server memory per session",
-                format!(
-                    "{:.1} KiB RSS, {:.1} KiB PSS ({} processes after connect)",
-                    s.rss_per_session_kib,
-                    s.pss_per_session_kib,
-                    s.after_connect.map_or(0, |a| a.processes)
-                ),
+                match s.pss_per_session_kib {
+                    Some(pss) => format!(
+                        "{:.1} KiB RSS, {pss:.1} KiB PSS ({} processes after connect)",
+                        s.rss_per_session_kib,
+                        s.after_connect.map_or(0, |a| a.processes)
+                    ),
+                    None => format!("{:.1} KiB RSS (from its metrics)", s.rss_per_session_kib),
+                },
             );
             row(
                 "server CPU during connect",
