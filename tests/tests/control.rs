@@ -97,10 +97,29 @@ fn disconnect_ends_a_listed_session_and_its_cookie_gets_401() -> Result<()> {
             && status["rx_coalesce_naps"].is_u64(),
         "status: {status}"
     );
+    // Open files against the limit, as /proc shows them (the two sessions' connections among
+    // them; no private tables by default).
+    let pid = gw.pid().context("tunneld pid")?;
+    let limit: u64 = std::fs::read_to_string(format!("/proc/{pid}/limits"))?
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .context("Max open files")?
+        .parse()?;
+    let in_proc = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64;
+    let files = status["open_files"].as_u64().context("open_files")?;
+    ensure!(
+        status["max_open_files"].as_u64() == Some(limit)
+            && files.abs_diff(in_proc) <= 1
+            && files >= 2
+            && status["open_files_per_thread"] == serde_json::json!([]),
+        "status: {status} (limit {limit}, /proc lists {in_proc} files)"
+    );
     let text = gw.tunnelctl(&["status"])?.check()?.stdout;
     ensure!(
         text.contains("steering by destination address")
-            && text.contains("coalescing:  100 µs naps under sustained traffic"),
+            && text.contains("coalescing:  100 µs naps under sustained traffic")
+            && text.contains(&format!(" of {limit} (")),
         "tunnelctl status: {text}"
     );
 

@@ -265,6 +265,17 @@ fn private_file_tables_carry_sessions_outside_the_main_table() -> Result<()> {
         );
         // The metrics count each table: the main one in process_open_fds, each thread's in
         // tunneld_thread_open_files (read a moment apart from /proc: a few may differ).
+        let status = gw.tunnelctl_json(&["status"])?;
+        let listed: Vec<u64> = serde_json::from_value(status["open_files_per_thread"].clone())?;
+        ensure!(
+            listed.len() == 2 && listed.iter().sum::<u64>() >= 200,
+            "status open_files_per_thread: {status}"
+        );
+        let text = gw.tunnelctl(&["status"])?.check()?.stdout;
+        ensure!(
+            text.contains("open files:  main "),
+            "tunnelctl status: {text}"
+        );
         let text = gw.metrics()?;
         let near = |metric: Option<f64>, want: usize| {
             metric.is_some_and(|m| (m - want as f64).abs() <= 4.0)

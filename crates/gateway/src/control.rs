@@ -129,6 +129,17 @@ pub struct StatusInfo {
     /// Naps the data-plane threads took to coalesce arriving packets (see [`crate::coalesce`]).
     #[serde(default)]
     pub rx_coalesce_naps: u64,
+    /// Open files in the main file table (every one, without `server.private_file_tables`):
+    /// one per TCP session, plus the listeners, the TUN queues and the like.
+    #[serde(default)]
+    pub open_files: Option<u64>,
+    /// The open-files limit, which caps each file table: at it, new connections wait.
+    #[serde(default)]
+    pub max_open_files: Option<u64>,
+    /// With `server.private_file_tables`: open files in each data-plane thread's own table, in
+    /// thread order.
+    #[serde(default)]
+    pub open_files_per_thread: Vec<u64>,
     /// True when `/readyz` answers 200.
     pub ready: bool,
     /// Why it is not ready (empty when ready).
@@ -404,6 +415,8 @@ fn status(sh: &Shared) -> StatusInfo {
     let uptime = sh.started.elapsed();
     let all = sh.sessions.all();
     let readiness = sh.health.readiness(sh.is_draining());
+    let mut files = sh.metrics.process.open_files();
+    files.threads.sort_unstable();
     StatusInfo {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started_at: format_utc(SystemTime::now() - uptime),
@@ -431,6 +444,13 @@ fn status(sh: &Shared) -> StatusInfo {
         .to_owned(),
         rx_coalesce_usecs: cfg.server.rx_coalesce_usecs,
         rx_coalesce_naps: sh.metrics.rx_coalesce_naps.get(),
+        open_files: files.main.and_then(|n| u64::try_from(n).ok()),
+        max_open_files: files.limit.and_then(|n| u64::try_from(n).ok()),
+        open_files_per_thread: files
+            .threads
+            .iter()
+            .filter_map(|&(_, n)| u64::try_from(n).ok())
+            .collect(),
         ready: readiness.is_ok(),
         not_ready: readiness.err().unwrap_or_default(),
         draining: sh.is_draining(),

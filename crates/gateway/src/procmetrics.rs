@@ -95,6 +95,17 @@ fn sysconf(name: libc::c_int) -> Option<u64> {
     u64::try_from(v).ok().filter(|&v| v > 0)
 }
 
+/// Open files of the daemon (see [`ProcessCollector::open_files`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenFiles {
+    /// In the main file table (all of them without `server.private_file_tables`).
+    pub main: Option<i64>,
+    /// The open-files limit (soft `RLIMIT_NOFILE`), which caps each table.
+    pub limit: Option<i64>,
+    /// (thread, files) of each data-plane thread with a private table.
+    pub threads: Vec<(usize, i64)>,
+}
+
 /// Data-plane threads with a private file table: (thread number, kernel thread id).
 type Tables = Arc<Mutex<Vec<(usize, libc::pid_t)>>>;
 
@@ -168,6 +179,31 @@ impl ProcessCollector {
             .push((thread, tid));
     }
 
+    /// Open files now: in the main table, the limit, and in each data-plane thread's private
+    /// table (thread number, files), for `tunnelctl status`.
+    #[must_use]
+    pub fn open_files(&self) -> OpenFiles {
+        OpenFiles {
+            main: count_fds("/proc/self/fd", true),
+            limit: max_fds(),
+            threads: self.thread_tables(),
+        }
+    }
+
+    fn thread_tables(&self) -> Vec<(usize, i64)> {
+        let tables = self
+            .tables
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        tables
+            .into_iter()
+            .filter_map(|(thread, tid)| {
+                count_fds(&format!("/proc/self/task/{tid}/fd"), false).map(|n| (thread, n))
+            })
+            .collect()
+    }
+
     fn families(&self) -> Vec<MetricFamily> {
         let mut out = Vec::with_capacity(8);
         let mut gauge = |(name, help): (&str, &str), v: Option<i64>| {
@@ -202,17 +238,11 @@ impl ProcessCollector {
                 out.extend(g.collect());
             }
         }
-        let tables = self
-            .tables
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let tables = self.thread_tables();
         if !tables.is_empty() {
             if let Ok(v) = IntGaugeVec::new(Opts::new(THREAD_FDS.0, THREAD_FDS.1), &["thread"]) {
-                for (thread, tid) in tables {
-                    if let Some(n) = count_fds(&format!("/proc/self/task/{tid}/fd"), false) {
-                        v.with_label_values(&[&thread.to_string()]).set(n);
-                    }
+                for (thread, n) in tables {
+                    v.with_label_values(&[&thread.to_string()]).set(n);
                 }
                 out.extend(v.collect());
             }

@@ -103,6 +103,28 @@ fn duration(secs: u64) -> String {
     }
 }
 
+/// `12 of 20000 (0%)`, or with private file tables `main 40, threads 9000 / 9100, each of 20000
+/// (46% at most)`: how close each file table is to the open-files limit.
+fn open_files_line(s: &StatusInfo) -> Option<String> {
+    let main = s.open_files?;
+    let per: Vec<String> = s.open_files_per_thread.iter().map(u64::to_string).collect();
+    let tables = if per.is_empty() {
+        main.to_string()
+    } else {
+        format!("main {main}, threads {}", per.join(" / "))
+    };
+    let Some(limit) = s.max_open_files.filter(|&m| m > 0) else {
+        return Some(format!("{tables} (no limit)"));
+    };
+    let fullest = s.open_files_per_thread.iter().copied().fold(main, u64::max);
+    let pct = fullest * 100 / limit;
+    Some(if per.is_empty() {
+        format!("{tables} of {limit} ({pct}%)")
+    } else {
+        format!("{tables}, each of {limit} ({pct}% at most)")
+    })
+}
+
 /// `1.5 MiB`.
 fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -193,6 +215,9 @@ pub(crate) fn status(socket: &Path, json: bool) -> Result<()> {
     if s.tunnels_per_thread.len() > 1 {
         let per: Vec<String> = s.tunnels_per_thread.iter().map(u64::to_string).collect();
         println!("per thread:  {} connections", per.join(" / "));
+    }
+    if let Some(line) = open_files_line(&s) {
+        println!("open files:  {line}");
     }
     println!(
         "pool:        {pool}: {} of {} addresses in use",
@@ -409,5 +434,35 @@ mod tests {
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(bytes(5 * 1024 * 1024), "5.0 MiB");
+    }
+
+    #[test]
+    fn open_files_are_shown_against_the_limit_per_table() {
+        let mut s: StatusInfo = serde_json::from_value(serde_json::json!({
+            "version": "0", "started_at": "", "uptime_secs": 0, "listen": "0.0.0.0:443",
+            "metrics_listen": null, "control_socket": null, "config_file": null, "tun": "t",
+            "threads": 2, "tun_steering": "address", "ready": true, "not_ready": [],
+            "draining": false, "sessions": 0, "connected": 0,
+            "pool": {"ipv4": "10.0.0.0/24", "ipv6": null, "size": 253, "in_use": 0},
+            "bans_active": 0,
+            "certificate": {"subject": "", "not_after": "", "pin": ""}
+        }))
+        .unwrap();
+        // An older daemon says nothing about files.
+        assert_eq!(open_files_line(&s), None);
+        s.open_files = Some(1_200);
+        s.max_open_files = Some(20_000);
+        assert_eq!(open_files_line(&s).unwrap(), "1200 of 20000 (6%)");
+        s.open_files = Some(40);
+        s.open_files_per_thread = vec![9_000, 18_500];
+        assert_eq!(
+            open_files_line(&s).unwrap(),
+            "main 40, threads 9000 / 18500, each of 20000 (92% at most)"
+        );
+        s.max_open_files = None;
+        assert_eq!(
+            open_files_line(&s).unwrap(),
+            "main 40, threads 9000 / 18500 (no limit)"
+        );
     }
 }
