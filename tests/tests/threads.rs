@@ -349,3 +349,56 @@ fn a_second_daemon_on_the_same_address_is_refused() -> Result<()> {
     ensure!(status["ready"] == true, "status: {status}");
     Ok(())
 }
+
+/// A daemon started with a low soft open-files limit (a shell's or a unit's default is 1,024)
+/// takes its hard limit at start, so its sessions are bounded by what the host allows and not by
+/// that default: started here with a soft limit of 128, it holds 200 sessions. It also says when
+/// even the hard limit holds fewer sessions than `server.max_sessions` (20,000 here, against the
+/// default 64,000).
+#[test]
+fn a_low_soft_open_files_limit_is_raised_at_start() -> Result<()> {
+    let topo = Topology::standard()?;
+    let hard = fs::read_to_string("/proc/self/limits")?
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .context("Max open files")?
+        .to_owned();
+    let bin = e2e::gateway::tunneld_bin()?;
+    let nofile = format!("--nofile=128:{hard}");
+    let launcher = e2e::Launcher::new(move |info| {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", info.gw_ns, "prlimit", &nofile, "--"])
+            .arg(&bin)
+            .arg("--config")
+            .arg(info.dir.join("tunneld.toml"))
+            .args(info.args);
+        cmd
+    });
+    let gw = Gateway::start(&topo, two_threads().launcher(launcher))?;
+    let pid = gw.pid().context("tunneld pid")?;
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .context("Max open files")?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    ensure!(
+        words.get(3) == Some(&hard.as_str()) && words.get(4) == Some(&hard.as_str()),
+        "the daemon's limits: {line}"
+    );
+    let log = gw.log();
+    ensure!(
+        log.contains("raised the open-files limit to its hard limit")
+            && log.contains("from=128")
+            && log.contains(&format!("to={hard}")),
+        "no line about the raised limit:\n{log}"
+    );
+    ensure!(
+        hard.parse::<u64>()? >= 64_000
+            || log.contains("the open-files limit holds only about this many sessions"),
+        "no warning that {hard} files hold fewer than 64000 sessions:\n{log}"
+    );
+    let args = hold_args(&topo)?;
+    check_hold(&run_hold(&topo, &gw, &args)?)
+}

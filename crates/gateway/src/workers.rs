@@ -138,6 +138,70 @@ impl Drop for Workers {
     }
 }
 
+/// Descriptors a file table keeps for things other than sessions: listeners, TUN queues, epoll
+/// and eventfd of each runtime, the metrics and control listeners, the log, files being read.
+const FIXED_FILES: u64 = 64;
+/// Per data-plane thread on top of [`FIXED_FILES`]: its listener, TUN queue, epoll and eventfd.
+const FILES_PER_THREAD: u64 = 4;
+
+/// The open-files limit, before and after [`raise_open_files_limit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FilesLimit {
+    /// The soft limit the daemon was started with.
+    pub was: u64,
+    /// The soft limit now (the hard limit, when it could be raised).
+    pub now: u64,
+}
+
+/// Raises the soft open-files limit (`RLIMIT_NOFILE`) to the hard one, which needs no privilege.
+///
+/// A daemon started from a shell, or by a unit without `LimitNOFILE=`, gets a soft limit of
+/// 1,024 (systemd's default; its hard default is 524,288), and every TCP session is one open
+/// file: such a gateway would stop accepting at about a thousand devices. The soft limit exists
+/// for programs that use `select()`, which tunneld does not, so it takes what the hard limit
+/// allows, as systemd's documentation advises such programs to do. `RLIM_INFINITY` counts as
+/// `u64::MAX`.
+///
+/// # Errors
+/// `getrlimit` or `setrlimit` failed.
+#[allow(unsafe_code)]
+pub fn raise_open_files_limit() -> std::io::Result<FilesLimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` into `lim`, which lives on this stack.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let was = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: setrlimit reads one `rlimit`; a soft limit up to the hard one needs no right.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(FilesLimit {
+        was,
+        now: lim.rlim_cur,
+    })
+}
+
+/// About how many sessions fit under an open-files limit of `limit` with `server`'s threads and
+/// file tables: one file per session (a DTLS session also asks for a socket of its own, and
+/// shares the listening one when none is left).
+#[must_use]
+pub fn sessions_within(server: &crate::config::ServerConfig, limit: u64) -> u64 {
+    let threads = server.thread_count() as u64;
+    if server.private_file_tables {
+        // Each thread's table holds its own sessions; the main one holds none.
+        threads.saturating_mul(limit.saturating_sub(FIXED_FILES + FILES_PER_THREAD * threads))
+    } else {
+        limit.saturating_sub(FIXED_FILES + FILES_PER_THREAD * threads)
+    }
+}
+
 /// Gives the calling thread its own copy of the file table.
 #[allow(unsafe_code)]
 fn unshare_files() -> std::io::Result<()> {
@@ -305,4 +369,54 @@ fn run_thread(
     dataplane::detach_queue();
     // Dropping the runtime cancels every connection task of this thread.
     rt.shutdown_background();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ServerConfig;
+
+    #[allow(unsafe_code)]
+    fn nofile() -> libc::rlimit {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one `rlimit` into `lim`.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        lim
+    }
+
+    #[test]
+    #[allow(unsafe_code)]
+    fn the_soft_open_files_limit_is_raised_to_the_hard_one() {
+        let hard = nofile().rlim_max;
+        // Lower the soft limit a little (other tests in this process keep far fewer files).
+        let low = libc::rlimit {
+            rlim_cur: hard - 100,
+            rlim_max: hard,
+        };
+        // SAFETY: setrlimit reads one `rlimit`.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &low) }, 0);
+        let l = raise_open_files_limit().unwrap();
+        assert_eq!((l.was, l.now), (hard - 100, hard));
+        assert_eq!(nofile().rlim_cur, hard);
+        // Already at the hard limit: nothing changes.
+        let again = raise_open_files_limit().unwrap();
+        assert_eq!((again.was, again.now), (hard, hard));
+    }
+
+    #[test]
+    fn sessions_fit_under_the_limit_per_file_table() {
+        let mut s = ServerConfig {
+            threads: 2,
+            ..ServerConfig::default()
+        };
+        assert_eq!(sessions_within(&s, 20_000), 20_000 - 64 - 8);
+        assert_eq!(sessions_within(&s, 50), 0);
+        s.private_file_tables = true;
+        s.threads = 4;
+        assert_eq!(sessions_within(&s, 20_000), 4 * (20_000 - 64 - 16));
+        assert_eq!(sessions_within(&s, u64::MAX), u64::MAX);
+    }
 }

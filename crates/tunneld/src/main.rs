@@ -118,6 +118,7 @@ fn main() -> anyhow::Result<()> {
         println!("configuration OK");
         return Ok(());
     }
+    open_files_limit(&config);
     // Before the runtime's threads exist, so that all of them inherit no_new_privs.
     let privdrop = config
         .server
@@ -149,6 +150,38 @@ fn main() -> anyhow::Result<()> {
         gw.run_until(shutdown_signal(), Duration::from_secs(args.drain_secs)).await;
         Ok(())
     })
+}
+
+/// Takes the open-files limit the hard limit allows (see
+/// [`tunnel_gateway::workers::raise_open_files_limit`]) and warns when it holds fewer sessions
+/// than `server.max_sessions`.
+fn open_files_limit(config: &Config) {
+    use tunnel_gateway::workers::{raise_open_files_limit, sessions_within};
+    let limit = match raise_open_files_limit() {
+        Ok(l) => {
+            if l.now > l.was {
+                tracing::info!(
+                    from = l.was,
+                    to = l.now,
+                    "raised the open-files limit to its hard limit"
+                );
+            }
+            l.now
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-files limit");
+            return;
+        }
+    };
+    let fit = sessions_within(&config.server, limit);
+    if fit < u64::from(config.server.max_sessions) {
+        tracing::warn!(
+            open_files_limit = limit,
+            sessions = fit,
+            max_sessions = config.server.max_sessions,
+            "the open-files limit holds only about this many sessions (one file each), fewer than server.max_sessions: raise LimitNOFILE= in the unit (--ulimit nofile= for a container), or see server.private_file_tables"
+        );
+    }
 }
 
 /// Reloads the configuration on every SIGHUP (the outcome is logged by the reload itself).
