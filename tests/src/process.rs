@@ -71,6 +71,30 @@ fn scratch_path(tag: &str) -> PathBuf {
     std::env::temp_dir().join(format!("e2e-{}-{n}.{tag}", std::process::id()))
 }
 
+/// A resource limit of process `pid` as `/proc/<pid>/limits` shows it, by the name it has there
+/// (`Max open files`, `Max processes`): (soft, hard).
+pub fn limit(pid: u32, name: &str) -> Result<(u64, u64)> {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let rest = limits
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .with_context(|| format!("no {name:?} line in /proc/{pid}/limits"))?;
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| -> Result<u64> {
+        words
+            .get(i)
+            .with_context(|| format!("short line: {name}{rest}"))?
+            .parse()
+            .with_context(|| format!("not a number: {name}{rest}"))
+    };
+    Ok((num(0)?, num(1)?))
+}
+
+/// The open-files limit of process `pid`: (soft, hard).
+pub fn open_files_limit(pid: u32) -> Result<(u64, u64)> {
+    limit(pid, "Max open files")
+}
+
 /// Runs `cmd` to completion (stdin closed, or fed `input`), killing it if it outlives `timeout`.
 pub fn run(cmd: &mut Command, input: Option<&str>, timeout: Duration) -> Result<Output> {
     let command = describe(cmd);

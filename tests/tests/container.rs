@@ -51,27 +51,18 @@ fn build(podman: &Podman) -> Result<()> {
     Ok(())
 }
 
-/// One of our hard limits from /proc/self/limits (`"Max open files"`, `"Max processes"`).
-fn hard_limit(name: &str) -> Result<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits")?;
-    limits
-        .lines()
-        .find_map(|l| l.strip_prefix(name))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("no {name:?} limit in /proc/self/limits"))
-}
-
 /// `--ulimit` flags for open files and processes. Rootful Podman asks for 1048576 of each unless
 /// told otherwise, which fails where root lacks CAP_SYS_RESOURCE (as on this CI machine): a
 /// container cannot get more than the podman process has. Podman caps its own process limit at
 /// kernel.pid_max, hence the minimum.
 fn ulimits() -> Result<[String; 2]> {
-    let nofile = hard_limit("Max open files")?;
+    let nofile = e2e::process::limit(std::process::id(), "Max open files")?.1;
     let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")?
         .trim()
         .parse()?;
-    let nproc = hard_limit("Max processes")?.min(pid_max);
+    let nproc = e2e::process::limit(std::process::id(), "Max processes")?
+        .1
+        .min(pid_max);
     Ok([
         format!("--ulimit=nofile={nofile}:{nofile}"),
         format!("--ulimit=nproc={nproc}:{nproc}"),

@@ -100,12 +100,7 @@ fn disconnect_ends_a_listed_session_and_its_cookie_gets_401() -> Result<()> {
     // Open files against the limit, as /proc shows them (the two sessions' connections among
     // them; no private tables by default).
     let pid = gw.pid().context("tunneld pid")?;
-    let limit: u64 = std::fs::read_to_string(format!("/proc/{pid}/limits"))?
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .context("Max open files")?
-        .parse()?;
+    let limit = e2e::process::open_files_limit(pid)?.0;
     let in_proc = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64;
     let files = status["open_files"].as_u64().context("open_files")?;
     ensure!(

@@ -54,13 +54,7 @@ fn process_metrics_match_proc(gw: &Gateway, pid: u32) -> Result<f64> {
     let fds_now = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as f64;
     let get =
         |name: &str| e2e::metric_value(&text, name, &[]).with_context(|| format!("no {name}"));
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
-    let max_files: f64 = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .context("Max open files")?
-        .parse()?;
+    let max_files = process::open_files_limit(pid)?.0 as f64;
     ensure!(
         get("process_max_fds")? == max_files,
         "process_max_fds vs {max_files}"

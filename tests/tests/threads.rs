@@ -358,12 +358,7 @@ fn a_second_daemon_on_the_same_address_is_refused() -> Result<()> {
 #[test]
 fn a_low_soft_open_files_limit_is_raised_at_start() -> Result<()> {
     let topo = Topology::standard()?;
-    let hard = fs::read_to_string("/proc/self/limits")?
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(4))
-        .context("Max open files")?
-        .to_owned();
+    let hard = e2e::process::open_files_limit(std::process::id())?.1;
     let bin = e2e::gateway::tunneld_bin()?;
     let nofile = format!("--nofile=128:{hard}");
     let launcher = e2e::Launcher::new(move |info| {
@@ -377,16 +372,8 @@ fn a_low_soft_open_files_limit_is_raised_at_start() -> Result<()> {
     });
     let gw = Gateway::start(&topo, two_threads().launcher(launcher))?;
     let pid = gw.pid().context("tunneld pid")?;
-    let limits = fs::read_to_string(format!("/proc/{pid}/limits"))?;
-    let line = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .context("Max open files")?;
-    let words: Vec<&str> = line.split_whitespace().collect();
-    ensure!(
-        words.get(3) == Some(&hard.as_str()) && words.get(4) == Some(&hard.as_str()),
-        "the daemon's limits: {line}"
-    );
+    let limits = e2e::process::open_files_limit(pid)?;
+    ensure!(limits == (hard, hard), "the daemon's limits: {limits:?}");
     let log = gw.log();
     ensure!(
         log.contains("raised the open-files limit to its hard limit")
@@ -395,8 +382,7 @@ fn a_low_soft_open_files_limit_is_raised_at_start() -> Result<()> {
         "no line about the raised limit:\n{log}"
     );
     ensure!(
-        hard.parse::<u64>()? >= 64_000
-            || log.contains("the open-files limit holds only about this many sessions"),
+        hard >= 64_000 || log.contains("the open-files limit holds only about this many sessions"),
         "no warning that {hard} files hold fewer than 64000 sessions:\n{log}"
     );
     let args = hold_args(&topo)?;

@@ -76,16 +76,10 @@ fn count_fds(dir: &str, own_table: bool) -> Option<i64> {
 
 /// The soft limit on open files (`RLIMIT_NOFILE`), if there is one.
 fn max_fds() -> Option<i64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    #[allow(unsafe_code)]
-    // SAFETY: getrlimit writes one `rlimit` into the struct passed, which lives on this stack.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    (rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY)
-        .then(|| i64::try_from(lim.rlim_cur).ok())
-        .flatten()
+    crate::workers::open_files_limit()
+        .ok()
+        .filter(|l| l.rlim_cur != libc::RLIM_INFINITY)
+        .and_then(|l| i64::try_from(l.rlim_cur).ok())
 }
 
 fn sysconf(name: libc::c_int) -> Option<u64> {
@@ -341,14 +335,7 @@ mod tests {
         assert!(one(&after, OPEN_FDS.0) >= 3.0);
         let cpu = one(&after, CPU.0) - one(&before, CPU.0);
         assert!(cpu >= 0.05, "{cpu} s of CPU after 150 ms of spinning");
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        #[allow(unsafe_code)]
-        // SAFETY: getrlimit writes one `rlimit` into `lim`.
-        let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-        assert_eq!(rc, 0);
+        let lim = crate::workers::open_files_limit().unwrap();
         assert_eq!(one(&after, MAX_FDS.0), lim.rlim_cur as f64);
         let rss = one(&after, RSS.0);
         assert!(rss > 1e6 && rss <= one(&after, VSIZE.0), "rss {rss}");

@@ -166,14 +166,7 @@ pub struct FilesLimit {
 /// `getrlimit` or `setrlimit` failed.
 #[allow(unsafe_code)]
 pub fn raise_open_files_limit() -> std::io::Result<FilesLimit> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one `rlimit` into `lim`, which lives on this stack.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let mut lim = open_files_limit()?;
     let was = lim.rlim_cur;
     if lim.rlim_cur < lim.rlim_max {
         lim.rlim_cur = lim.rlim_max;
@@ -186,6 +179,23 @@ pub fn raise_open_files_limit() -> std::io::Result<FilesLimit> {
         was,
         now: lim.rlim_cur,
     })
+}
+
+/// The open-files limit (`RLIMIT_NOFILE`), soft and hard.
+///
+/// # Errors
+/// `getrlimit` failed.
+#[allow(unsafe_code)]
+pub(crate) fn open_files_limit() -> std::io::Result<libc::rlimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` into `lim`, which lives on this stack.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(lim)
 }
 
 /// About how many sessions fit under an open-files limit of `limit` with `server`'s threads and
@@ -376,15 +386,8 @@ mod tests {
     use super::*;
     use crate::config::ServerConfig;
 
-    #[allow(unsafe_code)]
     fn nofile() -> libc::rlimit {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes one `rlimit` into `lim`.
-        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-        lim
+        open_files_limit().unwrap()
     }
 
     #[test]
