@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use e2e::raw::{self, RawOutcome};
 use e2e::{Client, ClientOpts, Gateway, GatewayConfig, Topology, CORP_ADDR, CORP_ADDR6};
 
@@ -232,4 +232,119 @@ fn client_silent_after_the_tls_handshake_is_closed_at_the_auth_timeout() -> Resu
 #[test]
 fn client_silent_before_the_tls_handshake_is_closed_at_the_auth_timeout() -> Result<()> {
     silent_client_is_closed_at_auth_timeout("tcp")
+}
+
+/// Opens `n` TCP connections to `addr` from the namespace of `device`, says nothing on them,
+/// waits two seconds, and reports how each stands: `reset` by the server, `open` (no data, no
+/// close: accepted and waiting for a TLS ClientHello, or still in the listen backlog), `closed`.
+const FLOOD: &str = r#"
+import errno, json, socket, sys, time
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+socks, failed = [], 0
+for _ in range(n):
+    s = socket.socket()
+    s.settimeout(5)
+    try:
+        s.connect((host, port))
+        socks.append(s)
+    except OSError:
+        failed += 1
+time.sleep(2)
+counts = {"reset": 0, "open": 0, "closed": 0, "connect_failed": failed}
+for s in socks:
+    s.setblocking(False)
+    try:
+        counts["closed" if s.recv(1) == b"" else "open"] += 1
+    except BlockingIOError:
+        counts["open"] += 1
+    except ConnectionResetError:
+        counts["reset"] += 1
+print(json.dumps(counts), flush=True)
+"#;
+
+/// At its open-files limit (every connection is an open file) the gateway resets new connections
+/// at once instead of leaving them in the listen backlog until their clients give up, counts
+/// them, and says so in its log without flooding it; the session that was already up keeps
+/// working, and once files are free again new clients log in.
+#[test]
+fn connections_beyond_the_open_files_limit_are_reset_and_sessions_keep_working() -> Result<()> {
+    let topo = Topology::new()
+        .device("dev1")
+        .device("dev2")
+        .gateway()
+        .corp()
+        .build()?;
+    // Soft and hard limit alike, so that the daemon cannot raise it.
+    let bin = e2e::gateway::tunneld_bin()?;
+    let launcher = e2e::Launcher::new(move |info| {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            info.gw_ns,
+            "prlimit",
+            "--nofile=160:160",
+            "--",
+        ])
+        .arg(&bin)
+        .arg("--config")
+        .arg(info.dir.join("tunneld.toml"))
+        .args(info.args);
+        cmd
+    });
+    let gw = Gateway::start(
+        &topo,
+        GatewayConfig::new()
+            .set("timers.auth_timeout_secs", 60)
+            .user("alice", PASSWORD)
+            .user("eve", PASSWORD)
+            .launcher(launcher),
+    )?;
+    let bystander = Client::connect(
+        &topo,
+        &gw,
+        ClientOpts::password("alice", PASSWORD).device("dev1"),
+    )?;
+    let (host, port) = gw.listen().rsplit_once(':').context("listen address")?;
+    let mut cmd = topo.command_in("dev2", "python3")?;
+    cmd.args(["-c", FLOOD, host, port, "300"]);
+    let out = e2e::process::run(&mut cmd, None, Duration::from_secs(120))?.check()?;
+    let counts: serde_json::Value = serde_json::from_str(out.stdout.trim())?;
+    eprintln!("300 silent connections at a limit of 160 files: {counts}");
+    let count = |k: &str| counts[k].as_f64().unwrap_or(0.0);
+    let (reset, open, failed) = (count("reset"), count("open"), count("connect_failed"));
+    // Some fit under the limit; every other one was reset (a reset that overtakes the handshake
+    // fails the connect itself), none left hanging in the backlog.
+    ensure!(
+        (20.0..160.0).contains(&open) && reset >= 100.0 && failed <= 5.0,
+        "connections: {counts}"
+    );
+    ensure!(reset + open + failed == 300.0, "connections: {counts}");
+    let refused = gw.metric(
+        "tunneld_connections_refused_total",
+        &[("reason", "open_files")],
+    )?;
+    ensure!(
+        refused >= reset && refused <= reset + failed,
+        "{refused} counted, {reset} reset: {counts}"
+    );
+    let lines = gw
+        .log()
+        .lines()
+        .filter(|l| l.contains("open-files limit reached"))
+        .count();
+    ensure!(
+        (1..=3).contains(&lines),
+        "{lines} log lines about the limit:\n{}",
+        gw.log()
+    );
+    // The session that was up never noticed.
+    bystander.ping(&topo, CORP_ADDR, 3)?;
+    // The flood is gone (its process exited): its files are freed, and a new client gets in.
+    let fresh = e2e::wait_for(Duration::from_secs(20), "a login after the flood", || {
+        let r = raw(&topo, &gw, &["login"])?;
+        Ok((r.code == Some(0)).then_some(r))
+    })?;
+    ensure!(fresh.flag("dpd_answered"), "{}", fresh.output);
+    Ok(())
 }

@@ -344,7 +344,11 @@ impl Metrics {
             "Configuration reloads, by result.",
             &["result"],
         );
-        for reason in ["banned", "unauthenticated_limit"] {
+        for reason in [
+            "banned",
+            "unauthenticated_limit",
+            crate::server::REFUSED_OPEN_FILES,
+        ] {
             connections_refused.with_label_values(&[reason]);
         }
         for origin in ["automatic", "manual"] {

@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -94,12 +94,38 @@ impl Shared {
     }
 }
 
+/// `reason` of `tunneld_connections_refused_total`: the file table was full (`EMFILE`, `ENFILE`),
+/// so the connection was reset at once instead of being left to wait in the listen backlog.
+pub const REFUSED_OPEN_FILES: &str = "open_files";
+/// Held by each TLS listener's `accept` (the data-plane threads each have one, and normally share
+/// one file table), so that the descriptor a loop frees from its reserve is taken by its own
+/// accept and not by another thread's. An `accept` call takes microseconds, once per connection.
+static ACCEPTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// How often the "open-files limit reached" warning may be logged.
+const OUT_OF_FILES_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Accepts TLS connections until the listener fails or the task is cancelled. A banned source,
 /// or one at `server.max_unauthenticated_per_source`, is closed here before the TLS handshake.
+///
+/// When the file table is full (every session is an open file, and the open-files limit caps
+/// them), `accept` fails with `EMFILE` and the connection would wait in the backlog until its
+/// client gives up, however long that takes, while tunneld retried and logged every 50 ms. The
+/// loop keeps one descriptor in reserve instead (`/dev/null`, opened in the table of the thread
+/// that runs it): it closes it, takes the waiting connection, resets it, and opens the reserve
+/// again. The client learns at once that this gateway is full and can try another; every
+/// established session keeps working. Such refusals are counted
+/// (`tunneld_connections_refused_total{reason="open_files"}`) and logged at most every ten seconds.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     shared.health.set_listening(true);
+    let mut spare = std::fs::File::open("/dev/null").ok();
+    let mut out_of_files = OutOfFiles::default();
     loop {
-        match listener.accept().await {
+        let accepted = std::future::poll_fn(|cx| {
+            let _one = ACCEPTING.lock().unwrap_or_else(PoisonError::into_inner);
+            listener.poll_accept(cx)
+        })
+        .await;
+        match accepted {
             Ok((tcp, peer)) => {
                 let limit = shared.config.load().server.max_unauthenticated_per_source;
                 match shared.bans.admit(peer.ip(), limit, Instant::now()) {
@@ -115,12 +141,79 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                     }
                 }
             }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                // The reserve makes room for exactly one accept, and no other listener's accept
+                // can take that room meanwhile.
+                let refused = {
+                    let _one = ACCEPTING.lock().unwrap_or_else(PoisonError::into_inner);
+                    let refused = spare.take().is_some() && refuse_one(&listener);
+                    spare = std::fs::File::open("/dev/null").ok();
+                    refused
+                };
+                if refused {
+                    shared
+                        .metrics
+                        .connections_refused
+                        .with_label_values(&[REFUSED_OPEN_FILES])
+                        .inc();
+                }
+                out_of_files.note(refused, &e, Instant::now());
+                if !refused {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
             Err(e) => {
-                // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning; the listener stays.
+                // ENOBUFS, ENOMEM and the like: back off briefly instead of spinning; the listener
+                // stays.
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// Takes one waiting connection from `listener` and resets it. False if none was waiting or the
+/// accept failed again.
+fn refuse_one(listener: &TcpListener) -> bool {
+    match socket2::SockRef::from(listener).accept() {
+        Ok((sock, _)) => {
+            let _ = sock.set_linger(Some(std::time::Duration::ZERO));
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// The rate-limited warning of a full file table.
+#[derive(Debug, Default)]
+struct OutOfFiles {
+    last_log: Option<Instant>,
+    refused: u64,
+    failed: u64,
+}
+
+impl OutOfFiles {
+    fn note(&mut self, refused: bool, e: &std::io::Error, now: Instant) {
+        if refused {
+            self.refused += 1;
+        } else {
+            self.failed += 1;
+        }
+        if self
+            .last_log
+            .is_some_and(|t| now.duration_since(t) < OUT_OF_FILES_LOG_EVERY)
+        {
+            return;
+        }
+        tracing::warn!(
+            error = %e,
+            refused = self.refused,
+            retried = self.failed,
+            "open-files limit reached: new connections are reset (counts since the last such line); established sessions are not affected; raise LimitNOFILE= (--ulimit nofile= for a container)"
+        );
+        self.last_log = Some(now);
+        self.refused = 0;
+        self.failed = 0;
     }
 }
 
