@@ -234,18 +234,20 @@ fn client_silent_before_the_tls_handshake_is_closed_at_the_auth_timeout() -> Res
     silent_client_is_closed_at_auth_timeout("tcp")
 }
 
-/// Opens `n` TCP connections to `addr` from the namespace of `device`, says nothing on them,
+/// Opens `n` TCP connections to `host:port` from the namespace it runs in, says nothing on them,
 /// waits two seconds, and reports how each stands: `reset` by the server, `open` (no data, no
 /// close: accepted and waiting for a TLS ClientHello, or still in the listen backlog), `closed`.
+/// Then, with the connections still open, it fetches `metrics` and reports its status, writes
+/// `ready` and keeps the connections until `release` exists (at most 60 s).
 const FLOOD: &str = r#"
-import errno, json, socket, sys, time
-host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+import json, os, socket, sys, time, urllib.request
+host, port, n, metrics, ready, release = sys.argv[1:7]
 socks, failed = [], 0
-for _ in range(n):
+for _ in range(int(n)):
     s = socket.socket()
     s.settimeout(5)
     try:
-        s.connect((host, port))
+        s.connect((host, int(port)))
         socks.append(s)
     except OSError:
         failed += 1
@@ -259,7 +261,17 @@ for s in socks:
         counts["open"] += 1
     except ConnectionResetError:
         counts["reset"] += 1
+try:
+    with urllib.request.urlopen(metrics, timeout=5) as r:
+        counts["metrics_status"] = r.status
+        counts["metrics"] = r.read().decode()
+except OSError as e:
+    counts["metrics_status"] = str(e)
 print(json.dumps(counts), flush=True)
+open(ready, "w").close()
+deadline = time.time() + 60
+while not os.path.exists(release) and time.time() < deadline:
+    time.sleep(0.1)
 "#;
 
 /// At its open-files limit (every connection is an open file) the gateway resets new connections
@@ -292,10 +304,12 @@ fn connections_beyond_the_open_files_limit_are_reset_and_sessions_keep_working()
         .args(info.args);
         cmd
     });
+    let metrics_listen = format!("{}:9477", e2e::GW_DEVICE_ADDR);
     let gw = Gateway::start(
         &topo,
         GatewayConfig::new()
             .set("timers.auth_timeout_secs", 60)
+            .set("metrics.listen", metrics_listen.as_str())
             .user("alice", PASSWORD)
             .user("eve", PASSWORD)
             .launcher(launcher),
@@ -306,13 +320,31 @@ fn connections_beyond_the_open_files_limit_are_reset_and_sessions_keep_working()
         ClientOpts::password("alice", PASSWORD).device("dev1"),
     )?;
     let (host, port) = gw.listen().rsplit_once(':').context("listen address")?;
+    let dir = topo.subdir("flood")?;
+    let (ready, release) = (dir.join("ready"), dir.join("release"));
     let mut cmd = topo.command_in("dev2", "python3")?;
-    cmd.args(["-c", FLOOD, host, port, "300"]);
-    let out = e2e::process::run(&mut cmd, None, Duration::from_secs(120))?.check()?;
-    let counts: serde_json::Value = serde_json::from_str(out.stdout.trim())?;
-    eprintln!("300 silent connections at a limit of 160 files: {counts}");
+    cmd.args(["-c", FLOOD, host, port, "300"])
+        .arg(format!("http://{metrics_listen}/metrics"))
+        .args([&ready, &release]);
+    let mut flood = e2e::process::Background::spawn(&mut cmd, dir.join("flood.log"))?;
+    e2e::wait_until(Duration::from_secs(60), "the flood to report", || {
+        Ok(ready.exists())
+    })?;
+    let counts: serde_json::Value = serde_json::from_str(
+        flood
+            .log()
+            .lines()
+            .next()
+            .context("no report from the flood")?,
+    )?;
+    // While the 300 connections are open: tunnelctl still answers, and saw the table full.
+    let status = gw.tunnelctl_json(&["status"]);
+    std::fs::write(&release, b"")?;
+    flood.wait(Duration::from_secs(30))?;
+    let status = status?;
     let count = |k: &str| counts[k].as_f64().unwrap_or(0.0);
     let (reset, open, failed) = (count("reset"), count("open"), count("connect_failed"));
+    eprintln!("300 silent connections at a limit of 160 files: reset {reset}, open {open}, connect failed {failed}");
     // Some fit under the limit; every other one was reset (a reset that overtakes the handshake
     // fails the connect itself), none left hanging in the backlog.
     ensure!(
@@ -320,13 +352,30 @@ fn connections_beyond_the_open_files_limit_are_reset_and_sessions_keep_working()
         "connections: {counts}"
     );
     ensure!(reset + open + failed == 300.0, "connections: {counts}");
-    let refused = gw.metric(
+    // The metrics listener answered with the table full, and counted every reset.
+    ensure!(
+        counts["metrics_status"] == 200,
+        "metrics at the limit: {counts}"
+    );
+    let scraped = counts["metrics"].as_str().unwrap_or_default();
+    let refused = e2e::metric_value(
+        scraped,
         "tunneld_connections_refused_total",
         &[("reason", "open_files")],
-    )?;
+    )
+    .unwrap_or(-1.0);
     ensure!(
         refused >= reset && refused <= reset + failed,
         "{refused} counted, {reset} reset: {counts}"
+    );
+    let open_fds = e2e::metric_value(scraped, "process_open_fds", &[]).unwrap_or(0.0);
+    ensure!(
+        (120.0..160.0).contains(&open_fds),
+        "process_open_fds {open_fds} at the limit of 160"
+    );
+    ensure!(
+        status["max_open_files"] == 160 && status["open_files"].as_u64().is_some_and(|n| n >= 120),
+        "tunnelctl status at the limit: {status}"
     );
     let lines = gw
         .log()
@@ -340,7 +389,7 @@ fn connections_beyond_the_open_files_limit_are_reset_and_sessions_keep_working()
     );
     // The session that was up never noticed.
     bystander.ping(&topo, CORP_ADDR, 3)?;
-    // The flood is gone (its process exited): its files are freed, and a new client gets in.
+    // The flood is gone: its files are freed, and a new client gets in.
     let fresh = e2e::wait_for(Duration::from_secs(20), "a login after the flood", || {
         let r = raw(&topo, &gw, &["login"])?;
         Ok((r.code == Some(0)).then_some(r))

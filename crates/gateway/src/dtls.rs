@@ -305,6 +305,11 @@ impl DtlsServer {
             return Err(io::Error::other("address families differ"));
         }
         let s = Socket::new(Domain::for_address(peer), Type::DGRAM, Some(Protocol::UDP))?;
+        if crate::workers::in_headroom(std::os::fd::AsRawFd::as_raw_fd(&s)) {
+            return Err(io::Error::other(
+                "the file table is full but for its headroom (open-files limit)",
+            ));
+        }
         s.set_reuse_address(true)?;
         s.set_nonblocking(true)?;
         s.bind(&SocketAddr::new(ip, self.local.port()).into())?;

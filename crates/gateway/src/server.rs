@@ -107,13 +107,14 @@ const OUT_OF_FILES_LOG_EVERY: std::time::Duration = std::time::Duration::from_se
 /// Accepts TLS connections until the listener fails or the task is cancelled. A banned source,
 /// or one at `server.max_unauthenticated_per_source`, is closed here before the TLS handshake.
 ///
-/// When the file table is full (every session is an open file, and the open-files limit caps
-/// them), `accept` fails with `EMFILE` and the connection would wait in the backlog until its
-/// client gives up, however long that takes, while tunneld retried and logged every 50 ms. The
-/// loop keeps one descriptor in reserve instead (`/dev/null`, opened in the table of the thread
-/// that runs it): it closes it, takes the waiting connection, resets it, and opens the reserve
-/// again. The client learns at once that this gateway is full and can try another; every
-/// established session keeps working. Such refusals are counted
+/// Every session is an open file, and the open-files limit caps them. A connection that lands in
+/// the top [`crate::workers::FILES_HEADROOM`] numbers of the file table is reset at once: the
+/// client learns that this gateway is full and can try another, every established session keeps
+/// working, and the headroom stays free for the metrics listener, `tunnelctl` and reloads. Should
+/// something else fill the table, `accept` fails with `EMFILE`, and the connection would wait in
+/// the backlog until its client gives up: for that the loop keeps one descriptor in reserve
+/// (`/dev/null`, opened in the table of the thread that runs it), which it closes to take the
+/// waiting connection and reset it, and then opens again. Such refusals are counted
 /// (`tunneld_connections_refused_total{reason="open_files"}`) and logged at most every ten seconds.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     shared.health.set_listening(true);
@@ -126,6 +127,21 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         })
         .await;
         match accepted {
+            Ok((tcp, _)) if crate::workers::in_headroom(std::os::fd::AsRawFd::as_raw_fd(&tcp)) => {
+                // The table is full but for its headroom: keep that for the operator's tools.
+                let _ = tcp.set_zero_linger();
+                drop(tcp);
+                shared
+                    .metrics
+                    .connections_refused
+                    .with_label_values(&[REFUSED_OPEN_FILES])
+                    .inc();
+                out_of_files.note(
+                    true,
+                    &std::io::Error::from_raw_os_error(libc::EMFILE),
+                    Instant::now(),
+                );
+            }
             Ok((tcp, peer)) => {
                 let limit = shared.config.load().server.max_unauthenticated_per_source;
                 match shared.bans.admit(peer.ip(), limit, Instant::now()) {

@@ -198,6 +198,27 @@ pub(crate) fn open_files_limit() -> std::io::Result<libc::rlimit> {
     Ok(lim)
 }
 
+/// Descriptors kept free at the top of every file table: sessions (TLS connections, DTLS sockets
+/// of their own) stop this far below the open-files limit, so that what must keep working when
+/// sessions fill the table still can: a scrape of the metrics listener, `tunnelctl`, a reload
+/// reading the certificate and users file, the bans file.
+pub const FILES_HEADROOM: u64 = 32;
+
+/// True when `fd`, just opened for a session, lies in the last [`FILES_HEADROOM`] numbers under
+/// the open-files limit. Linux hands out the lowest free number, so every number below it is in
+/// use: the table is that full. The limit is read once, after the daemon raised it at start.
+pub fn in_headroom(fd: std::os::fd::RawFd) -> bool {
+    static FIRST_RESERVED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let first = *FIRST_RESERVED
+        .get_or_init(|| open_files_limit().map_or(u64::MAX, |l| first_reserved(l.rlim_cur)));
+    u64::try_from(fd).is_ok_and(|fd| fd >= first)
+}
+
+/// The lowest descriptor number of the headroom under an open-files limit of `limit`.
+fn first_reserved(limit: u64) -> u64 {
+    limit.saturating_sub(FILES_HEADROOM)
+}
+
 /// About how many sessions fit under an open-files limit of `limit` with `server`'s threads and
 /// file tables: one file per session (a DTLS session also asks for a socket of its own, and
 /// shares the listening one when none is left).
@@ -206,9 +227,11 @@ pub fn sessions_within(server: &crate::config::ServerConfig, limit: u64) -> u64 
     let threads = server.thread_count() as u64;
     if server.private_file_tables {
         // Each thread's table holds its own sessions; the main one holds none.
-        threads.saturating_mul(limit.saturating_sub(FIXED_FILES + FILES_PER_THREAD * threads))
+        threads.saturating_mul(
+            limit.saturating_sub(FIXED_FILES + FILES_HEADROOM + FILES_PER_THREAD * threads),
+        )
     } else {
-        limit.saturating_sub(FIXED_FILES + FILES_PER_THREAD * threads)
+        limit.saturating_sub(FIXED_FILES + FILES_HEADROOM + FILES_PER_THREAD * threads)
     }
 }
 
@@ -410,16 +433,29 @@ mod tests {
     }
 
     #[test]
+    fn the_headroom_is_the_top_of_the_table() {
+        assert_eq!(first_reserved(20_000), 19_968);
+        assert_eq!(first_reserved(10), 0);
+        assert_eq!(
+            first_reserved(libc::RLIM_INFINITY),
+            libc::RLIM_INFINITY - 32
+        );
+        // This process's table is nowhere near its limit.
+        assert!(!in_headroom(3));
+        assert!(!in_headroom(-1));
+    }
+
+    #[test]
     fn sessions_fit_under_the_limit_per_file_table() {
         let mut s = ServerConfig {
             threads: 2,
             ..ServerConfig::default()
         };
-        assert_eq!(sessions_within(&s, 20_000), 20_000 - 64 - 8);
+        assert_eq!(sessions_within(&s, 20_000), 20_000 - 64 - 32 - 8);
         assert_eq!(sessions_within(&s, 50), 0);
         s.private_file_tables = true;
         s.threads = 4;
-        assert_eq!(sessions_within(&s, 20_000), 4 * (20_000 - 64 - 16));
+        assert_eq!(sessions_within(&s, 20_000), 4 * (20_000 - 64 - 32 - 16));
         assert_eq!(sessions_within(&s, u64::MAX), u64::MAX);
     }
 }
