@@ -654,6 +654,7 @@ def main():
     p("    --server-metrics http://GW:9477/metrics   # setups per server CPU-second, RSS per session")
     p("tunnel-bench throughput --server GW:443 ... -n 100 --duration 30 --target HOST \\")
     p("    --server-metrics http://GW:9477/metrics   # server cores per Gbit/s")
+    p("tunnel-bench sample --metrics http://GW:9477/metrics   # one reading, e.g. around an iperf3 run")
     p("```")
     p()
     p("Then scale the sizing guide above with your numbers: sessions per GiB from the RSS per")

@@ -137,8 +137,19 @@ fn the_server_is_measured_through_its_metrics_endpoint() -> Result<()> {
         "a PSS from a metrics endpoint: {}",
         run.output
     );
-    // A wrong URL is a clear error before any session is opened.
+    // One reading, as the anchor takes around an openconnect + iperf3 run.
     let bin = e2e::gateway::tunnel_bench_bin()?;
+    let mut cmd = topo.command_in("dev", &bin.display().to_string())?;
+    cmd.args(["sample", "--metrics", &url]);
+    let one = e2e::process::run(&mut cmd, None, TIMEOUT)?.check()?;
+    let sample: serde_json::Value = serde_json::from_str(one.stdout.trim())?;
+    ensure!(
+        sample["cpu_s"].as_f64().is_some_and(|c| c >= after)
+            && sample["rss_kib"].as_u64().is_some_and(|r| r > 1024)
+            && sample["processes"] == 1,
+        "sample --metrics: {sample}"
+    );
+    // A wrong URL is a clear error before any session is opened.
     let mut cmd = topo.command_in("dev", &bin.display().to_string())?;
     cmd.args([
         "connect",

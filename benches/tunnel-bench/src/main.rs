@@ -85,8 +85,11 @@ enum Scenario {
     /// Print one reading of a server's memory and CPU (it and its descendants) as JSON.
     Sample {
         /// The server's pid.
-        #[arg(long)]
-        pid: u32,
+        #[arg(long, required_unless_present = "metrics")]
+        pid: Option<u32>,
+        /// Or its metrics endpoint, for a server on another host (see `connect --server-metrics`).
+        #[arg(long, value_name = "URL", conflicts_with = "pid", value_parser = procstat::Probe::metrics_url)]
+        metrics: Option<procstat::Probe>,
     },
     /// Answer UDP probes (the far end of `--udp-port`): send every datagram back to its sender,
     /// one per call, as a plain UDP service does. Runs until killed.
@@ -252,8 +255,12 @@ fn main() -> Result<()> {
             let spec = serde_json::from_str(&spec).context("worker spec")?;
             return worker::run(spec);
         }
-        Scenario::Sample { pid } => {
-            let s = procstat::sample(pid).with_context(|| format!("no process {pid}"))?;
+        Scenario::Sample { pid, metrics } => {
+            let probe = pid
+                .map(procstat::Probe::Pid)
+                .or(metrics)
+                .context("--pid or --metrics")?;
+            let s = probe.read().map_err(anyhow::Error::msg)?;
             println!("{}", serde_json::to_string(&s)?);
             return Ok(());
         }
