@@ -549,7 +549,7 @@ def main():
             p(f"  this run {fmt(r_up, 0)} (ocserv {fmt(r_up_o, 0)}). A client on its own machine would not see them.")
     dl, dl_o = ours.get("dtls_added_latency"), theirs.get("dtls_added_latency")
     tl, tl_o = ours.get("added_latency"), theirs.get("added_latency")
-    if dl is not None and dl_o is not None and dl > dl_o:
+    if dl is not None and dl_o is not None and tl is not None and tl_o is not None and (dl > dl_o or tl > tl_o):
         p(f"* **Idle latency.** 300 pings, 100 a second, through openconnect: tunneld adds {fmt(dl, 3)} ms over DTLS")
         p(f"  (ocserv {fmt(dl_o, 3)} ms) and {fmt(tl, 3)} ms over TLS (ocserv {fmt(tl_o, 3)} ms). Measured by hand over TLS,")
         p("  the same rate, three alternating rounds (not part of this run): with tcpdump in the")
@@ -570,6 +570,10 @@ def main():
         p("  for tunneld (since 3006ca4 a session's own UDP socket no longer wakes its thread for")
         p("  writability after each send) against 6 for ocserv; `perf stat` over 2,000 pings at one")
         p("  per 10 ms gave about 150 µs of task-clock per ping for tunneld and 95 µs for ocserv.")
+        p("  These rows move between runs by more than the gap: by hand at 3903fdc (two alternating")
+        p("  rounds of 300-500 pings at one per 10 ms), TLS medians were 0.217-0.388 ms for tunneld")
+        p("  against 0.189-0.218 for ocserv, DTLS 0.259-0.266 against 0.238-0.258, and task-clock per")
+        p("  ping 65-91 µs against 74-76 µs; the anchor at 3006ca4 had 0.285 against 0.149 ms over DTLS.")
     moved = theirs.get("storm_moved")
     if moved:
         p(f"* **ocserv and immediate reconnects.** In the storm, ocserv handed {fmt(moved, 0)} of {fmt(theirs.get('storm_n'), 0)} sessions a")
