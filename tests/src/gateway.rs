@@ -52,6 +52,24 @@ impl Launcher {
     }
 }
 
+impl Launcher {
+    /// Runs tunneld as usual, under `prlimit --nofile=SOFT:HARD`: an open-files limit other than
+    /// the test process's (`nofile` is `SOFT:HARD`).
+    pub fn open_files_limit(nofile: &str) -> Result<Self> {
+        let bin = tunneld_bin()?;
+        let nofile = format!("--nofile={nofile}");
+        Ok(Self::new(move |info| {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", info.gw_ns, "prlimit", &nofile, "--"])
+                .arg(&bin)
+                .arg("--config")
+                .arg(info.dir.join("tunneld.toml"))
+                .args(info.args);
+            cmd
+        }))
+    }
+}
+
 impl std::fmt::Debug for Launcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Launcher(..)")

@@ -26,13 +26,20 @@ fn gateway(topo: &Topology) -> Result<Gateway> {
 
 /// Two devices: `dev1` runs a well-behaved openconnect (the bystander), `dev2` the raw client.
 fn setup() -> Result<(Topology, Gateway, Client)> {
+    setup_with(gateway)
+}
+
+/// [`setup`] with the gateway `start` starts.
+fn setup_with(
+    start: impl FnOnce(&Topology) -> Result<Gateway>,
+) -> Result<(Topology, Gateway, Client)> {
     let topo = Topology::new()
         .device("dev1")
         .device("dev2")
         .gateway()
         .corp()
         .build()?;
-    let gw = gateway(&topo)?;
+    let gw = start(&topo)?;
     let bystander = Client::connect(
         &topo,
         &gw,
@@ -280,45 +287,19 @@ while not os.path.exists(release) and time.time() < deadline:
 /// working, and once files are free again new clients log in.
 #[test]
 fn connections_beyond_the_open_files_limit_are_reset_and_sessions_keep_working() -> Result<()> {
-    let topo = Topology::new()
-        .device("dev1")
-        .device("dev2")
-        .gateway()
-        .corp()
-        .build()?;
-    // Soft and hard limit alike, so that the daemon cannot raise it.
-    let bin = e2e::gateway::tunneld_bin()?;
-    let launcher = e2e::Launcher::new(move |info| {
-        let mut cmd = std::process::Command::new("ip");
-        cmd.args([
-            "netns",
-            "exec",
-            info.gw_ns,
-            "prlimit",
-            "--nofile=160:160",
-            "--",
-        ])
-        .arg(&bin)
-        .arg("--config")
-        .arg(info.dir.join("tunneld.toml"))
-        .args(info.args);
-        cmd
-    });
     let metrics_listen = format!("{}:9477", e2e::GW_DEVICE_ADDR);
-    let gw = Gateway::start(
-        &topo,
-        GatewayConfig::new()
-            .set("timers.auth_timeout_secs", 60)
-            .set("metrics.listen", metrics_listen.as_str())
-            .user("alice", PASSWORD)
-            .user("eve", PASSWORD)
-            .launcher(launcher),
-    )?;
-    let bystander = Client::connect(
-        &topo,
-        &gw,
-        ClientOpts::password("alice", PASSWORD).device("dev1"),
-    )?;
+    let (topo, gw, bystander) = setup_with(|topo| {
+        Gateway::start(
+            topo,
+            GatewayConfig::new()
+                .set("timers.auth_timeout_secs", 60)
+                .set("metrics.listen", metrics_listen.as_str())
+                .user("alice", PASSWORD)
+                .user("eve", PASSWORD)
+                // Soft and hard limit alike, so that the daemon cannot raise it.
+                .launcher(e2e::Launcher::open_files_limit("160:160")?),
+        )
+    })?;
     let (host, port) = gw.listen().rsplit_once(':').context("listen address")?;
     let dir = topo.subdir("flood")?;
     let (ready, release) = (dir.join("ready"), dir.join("release"));

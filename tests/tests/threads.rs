@@ -359,17 +359,7 @@ fn a_second_daemon_on_the_same_address_is_refused() -> Result<()> {
 fn a_low_soft_open_files_limit_is_raised_at_start() -> Result<()> {
     let topo = Topology::standard()?;
     let hard = e2e::process::open_files_limit(std::process::id())?.1;
-    let bin = e2e::gateway::tunneld_bin()?;
-    let nofile = format!("--nofile=128:{hard}");
-    let launcher = e2e::Launcher::new(move |info| {
-        let mut cmd = std::process::Command::new("ip");
-        cmd.args(["netns", "exec", info.gw_ns, "prlimit", &nofile, "--"])
-            .arg(&bin)
-            .arg("--config")
-            .arg(info.dir.join("tunneld.toml"))
-            .args(info.args);
-        cmd
-    });
+    let launcher = e2e::Launcher::open_files_limit(&format!("128:{hard}"))?;
     let gw = Gateway::start(&topo, two_threads().launcher(launcher))?;
     let pid = gw.pid().context("tunneld pid")?;
     let limits = e2e::process::open_files_limit(pid)?;
