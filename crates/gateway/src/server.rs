@@ -119,7 +119,12 @@ const OUT_OF_FILES_LOG_EVERY: std::time::Duration = std::time::Duration::from_se
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     shared.health.set_listening(true);
     let mut spare = std::fs::File::open("/dev/null").ok();
-    let mut out_of_files = OutOfFiles::default();
+    let mut out_of_files = OutOfFiles::new(
+        shared
+            .metrics
+            .connections_refused
+            .with_label_values(&[REFUSED_OPEN_FILES]),
+    );
     loop {
         let accepted = std::future::poll_fn(|cx| {
             let _one = ACCEPTING.lock().unwrap_or_else(PoisonError::into_inner);
@@ -131,16 +136,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 // The table is full but for its headroom: keep that for the operator's tools.
                 let _ = tcp.set_zero_linger();
                 drop(tcp);
-                shared
-                    .metrics
-                    .connections_refused
-                    .with_label_values(&[REFUSED_OPEN_FILES])
-                    .inc();
-                out_of_files.note(
-                    true,
-                    &std::io::Error::from_raw_os_error(libc::EMFILE),
-                    Instant::now(),
-                );
+                out_of_files.note(true, None, Instant::now());
             }
             Ok((tcp, peer)) => {
                 let limit = shared.config.load().server.max_unauthenticated_per_source;
@@ -166,14 +162,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                     spare = std::fs::File::open("/dev/null").ok();
                     refused
                 };
-                if refused {
-                    shared
-                        .metrics
-                        .connections_refused
-                        .with_label_values(&[REFUSED_OPEN_FILES])
-                        .inc();
-                }
-                out_of_files.note(refused, &e, Instant::now());
+                out_of_files.note(refused, Some(&e), Instant::now());
                 if !refused {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
@@ -200,17 +189,30 @@ fn refuse_one(listener: &TcpListener) -> bool {
     }
 }
 
-/// The rate-limited warning of a full file table.
-#[derive(Debug, Default)]
+/// Connections refused for want of files: counted, and warned about at most every
+/// [`OUT_OF_FILES_LOG_EVERY`].
+#[derive(Debug)]
 struct OutOfFiles {
+    counter: prometheus::IntCounter,
     last_log: Option<Instant>,
     refused: u64,
     failed: u64,
 }
 
 impl OutOfFiles {
-    fn note(&mut self, refused: bool, e: &std::io::Error, now: Instant) {
+    fn new(counter: prometheus::IntCounter) -> Self {
+        Self {
+            counter,
+            last_log: None,
+            refused: 0,
+            failed: 0,
+        }
+    }
+
+    /// A connection was reset (`refused`), or `accept` failed (`error`) with none to reset.
+    fn note(&mut self, refused: bool, error: Option<&std::io::Error>, now: Instant) {
         if refused {
+            self.counter.inc();
             self.refused += 1;
         } else {
             self.failed += 1;
@@ -222,7 +224,7 @@ impl OutOfFiles {
             return;
         }
         tracing::warn!(
-            error = %e,
+            error = error.map(tracing::field::display),
             refused = self.refused,
             retried = self.failed,
             "open-files limit reached: new connections are reset (counts since the last such line); established sessions are not affected; raise LimitNOFILE= (--ulimit nofile= for a container)"
