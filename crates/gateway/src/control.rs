@@ -133,7 +133,8 @@ pub struct StatusInfo {
     /// one per TCP session, plus the listeners, the TUN queues and the like.
     #[serde(default)]
     pub open_files: Option<u64>,
-    /// The open-files limit, which caps each file table: at it, new connections wait.
+    /// The open-files limit, which caps each file table: sessions stop 32 files short of it
+    /// ([`crate::workers::FILES_HEADROOM`]), and new connections beyond are reset.
     #[serde(default)]
     pub max_open_files: Option<u64>,
     /// With `server.private_file_tables`: open files in each data-plane thread's own table, in
